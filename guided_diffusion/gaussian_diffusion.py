@@ -27,6 +27,11 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
     if num_diffusion_timesteps < 1:
         raise ValueError(f"diffusion_steps must be >= 1, got {num_diffusion_timesteps}")
     if schedule_name == "linear":
+        if num_diffusion_timesteps <= 20:
+            raise ValueError(
+                f"noise_schedule linear needs diffusion_steps > 20 (got {num_diffusion_timesteps}): its last beta, "
+                "20 / steps, must stay below 1; use the cosine schedule for fewer steps"
+            )
         scale = 1000 / num_diffusion_timesteps
         return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
     if schedule_name == "cosine":
@@ -106,8 +111,8 @@ class GaussianDiffusion:
         self.rescale_timesteps = rescale_timesteps
 
         betas = np.array(betas, dtype=np.float64)
-        if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
-            raise ValueError("betas must be a 1-d array of values in (0, 1]")
+        if betas.ndim != 1 or not ((betas > 0).all() and (betas < 1).all()):
+            raise ValueError("betas must be a 1-d array of values in (0, 1)")
         self.betas = betas
         self.num_timesteps = int(betas.shape[0])
         if not hasattr(self, "timestep_map"):
