@@ -24,7 +24,8 @@ def _is_safetensors(path: str) -> bool:
     return str(path).endswith(".safetensors")
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+    """The contents of a local file or a blobfile URL (gs://, az://, ...)."""
     if "://" in str(path):
         import blobfile as bf
 
@@ -60,7 +61,7 @@ def state_dict_from_bytes(data: bytes, path: str) -> dict[str, torch.Tensor]:
 
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a state dict from a .pt (torch.save of a state dict) or .safetensors file, onto the CPU."""
-    return state_dict_from_bytes(_read_bytes(path), path)
+    return state_dict_from_bytes(read_bytes(path), path)
 
 
 def atomic_write(path: str, write) -> None:

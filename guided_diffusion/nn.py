@@ -66,3 +66,10 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
 def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch dimension."""
     return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+def update_ema(target_params, source_params, rate: float = 0.99) -> None:
+    """target = rate * target + (1 - rate) * source, in place (exponential moving average of weights)."""
+    with torch.no_grad():
+        for targ, src in zip(target_params, source_params):
+            targ.mul_(rate).add_(src.to(targ.dtype), alpha=1 - rate)

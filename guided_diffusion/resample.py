@@ -102,5 +102,13 @@ class LossSecondMomentResampler(LossAwareSampler):
                 self._loss_history[t, self._loss_counts[t]] = loss
                 self._loss_counts[t] += 1
 
+    def state_dict(self) -> dict:
+        """The loss history, to be saved with a checkpoint."""
+        return {"history": torch.from_numpy(self._loss_history.copy()), "counts": torch.from_numpy(self._loss_counts.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._loss_history = state["history"].numpy().astype(np.float64)
+        self._loss_counts = state["counts"].numpy().astype(int)
+
     def _warmed_up(self) -> bool:
         return bool((self._loss_counts == self.history_per_term).all())

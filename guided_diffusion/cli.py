@@ -1,0 +1,89 @@
+"""What every script shares: error reporting, seeding, and the training flags of the original scripts."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import traceback
+from typing import Callable
+
+import numpy as np
+import torch
+
+# Errors a user can cause: reported in one line with exit code 2 instead of a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a script's main(); user errors become one line on stderr and exit code 2."""
+    try:
+        main()
+    except USER_ERRORS as e:
+        if os.environ.get("GUIDED_DIFFUSION_TRACEBACK"):
+            traceback.print_exc()
+        script = os.path.basename(sys.argv[0])
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        from . import dist_util
+
+        dist_util.cleanup()
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, numpy and torch (each rank gets seed + rank, so ranks draw different noise)."""
+    from . import dist_util
+
+    seed = seed + dist_util.get_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_defaults() -> dict:
+    """Flags of the original image_train.py / super_res_train.py, plus the new ones (defaults keep the original
+    behaviour, except that logs go to ./runs/<script>-<timestamp> rather than a temporary folder)."""
+    return dict(
+        data_dir="",
+        schedule_sampler="uniform",
+        lr=1e-4,
+        weight_decay=0.0,
+        lr_anneal_steps=0,
+        batch_size=1,
+        microbatch=-1,
+        ema_rate="0.9999",
+        log_interval=10,
+        save_interval=10000,
+        resume_checkpoint="",
+        use_fp16=False,
+        fp16_scale_growth=1e-3,
+        # New flags.
+        use_bf16=False,
+        max_steps=0,
+        log_dir="",
+        seed=0,
+        random_flip=True,
+        random_crop=False,
+        skip_bad_images=False,
+        num_workers=1,
+    )
+
+
+def require_data_dir(data_dir: str, flag: str = "data_dir") -> None:
+    if not data_dir:
+        raise ValueError(f"--{flag} is required: a folder of training images")
+
+
+def start(args, script: str) -> str:
+    """Set up the process group, the log folder (printed first) with args.json, and the seeds; returns the
+    log folder."""
+    from . import dist_util, logger
+    from .train_util import write_args_json
+
+    dist_util.setup_dist()
+    log_dir = logger.configure(dir=args.log_dir or None, script=script)
+    write_args_json(vars(args), log_dir)
+    seed_all(args.seed)
+    return log_dir

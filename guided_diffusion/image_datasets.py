@@ -1,0 +1,244 @@
+"""Image folders as endless, sharded, resumable batches for training.
+
+A folder is searched recursively for jpg/jpeg/png/gif files (any case). With class_cond, a file's class is its
+name's prefix before the first "_" (ImageNet's n01440764_10026.JPEG is class n01440764); sorted class names
+map to labels 0..K-1. Each rank reads every world_size-th file. The order of an epoch and each image's random
+crop/flip depend only on (seed, epoch, index), so a run resumed at batch N sees exactly the batches an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded."""
+
+
+def _is_image(name: str) -> bool:
+    return "." in name and name.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_image_files_recursively(data_dir: str) -> list[str]:
+    """Every image file below data_dir, sorted (so every rank sees the same list)."""
+    if "://" in data_dir:
+        import blobfile as bf
+
+        return sorted(p for p in bf.scanglob(os.path.join(data_dir, "**", "*")) if _is_image(p))
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data_dir not found: {data_dir}")
+    files = []
+    for root, dirs, names in os.walk(data_dir, followlinks=True):
+        dirs.sort()
+        files += [os.path.join(root, n) for n in sorted(names) if _is_image(n)]
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}, any case) found under {data_dir}")
+    return files
+
+
+def class_labels(paths: list[str], data_dir: str, num_classes: int | None = None) -> tuple[list[int], list[str]]:
+    """Labels from the file-name prefixes before the first "_", and the sorted class names."""
+    names = [os.path.basename(p) for p in paths]
+    unprefixed = [n for n in names if "_" not in n]
+    if unprefixed:
+        raise ValueError(
+            f"class_cond needs class-prefixed file names like <class>_<name>.png (e.g. n01440764_10026.JPEG), "
+            f"but {len(unprefixed)} of {len(names)} files under {data_dir} have no '_' (e.g. {unprefixed[0]}): "
+            "rename them (python datasets/prepare_folder.py) or use --class_cond False"
+        )
+    prefixes = [n.split("_")[0] for n in names]
+    classes = sorted(set(prefixes))
+    if num_classes is not None and len(classes) > num_classes:
+        raise ValueError(
+            f"{data_dir} holds {len(classes)} classes ({', '.join(classes[:5])}, ...) but --num_classes is "
+            f"{num_classes}: raise --num_classes"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[p] for p in prefixes], classes
+
+
+def _open_rgb(path: str) -> Image.Image:
+    if "://" in path:
+        import blobfile as bf
+
+        with bf.BlobFile(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+    else:
+        with Image.open(path) as image:
+            image.load()
+    return image.convert("RGB")  # grayscale, RGBA and palette images become RGB
+
+
+def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
+    """Halve with a box filter while the short side is >= 2x the target, resize it to the target with BICUBIC,
+    and take the central image_size x image_size crop (the original's preprocessing)."""
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return arr[top:top + image_size, left:left + image_size]
+
+
+def random_crop_arr(pil_image: Image.Image, image_size: int, rng: np.random.Generator,
+                    min_crop_frac: float = 0.8, max_crop_frac: float = 1.0) -> np.ndarray:
+    """Resize the short side to a random size in [image_size / max_frac, image_size / min_frac], then crop a
+    random image_size square."""
+    smaller = int(rng.integers(math.ceil(image_size / max_crop_frac), math.ceil(image_size / min_crop_frac) + 1))
+    while min(*pil_image.size) >= 2 * smaller:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = smaller / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    top = int(rng.integers(arr.shape[0] - image_size + 1))
+    left = int(rng.integers(arr.shape[1] - image_size + 1))
+    return arr[top:top + image_size, left:left + image_size]
+
+
+class ImageDataset(Dataset):
+    """One rank's shard of an image list; items are addressed by (epoch, index) for deterministic augmentation."""
+
+    def __init__(self, resolution: int, image_paths: list[str], classes: list[int] | None = None,
+                 shard: int = 0, num_shards: int = 1, random_crop: bool = False, random_flip: bool = True,
+                 seed: int = 0, skip_bad_images: bool = False):
+        super().__init__()
+        self.resolution = resolution
+        self.local_images = image_paths[shard::num_shards]
+        self.local_classes = None if classes is None else classes[shard::num_shards]
+        self.random_crop = random_crop
+        self.random_flip = random_flip
+        self.seed = seed
+        self.shard = shard
+        self.skip_bad_images = skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.local_images)
+
+    def __getitem__(self, key):
+        epoch, idx = key if isinstance(key, tuple) else (0, key)
+        for attempt in range(len(self.local_images)):
+            i = (idx + attempt) % len(self.local_images)
+            try:
+                return self._item(epoch, i)
+            except BadImageError as e:
+                if not self.skip_bad_images:
+                    raise
+                warnings.warn(f"skipping {e}")
+        raise BadImageError(f"no readable image among the {len(self.local_images)} files of this rank")
+
+    def _item(self, epoch: int, idx: int):
+        path = self.local_images[idx]
+        try:
+            image = _open_rgb(path)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+            raise BadImageError(f"cannot read image {path}: {e}; pass --skip_bad_images True to skip "
+                                "unreadable files") from None
+        rng = np.random.default_rng([self.seed, self.shard, epoch, idx])
+        arr = random_crop_arr(image, self.resolution, rng) if self.random_crop else center_crop_arr(image, self.resolution)
+        if self.random_flip and rng.random() < 0.5:
+            arr = arr[:, ::-1]
+        arr = arr.astype(np.float32) / 127.5 - 1
+        out = {}
+        if self.local_classes is not None:
+            out["y"] = np.array(self.local_classes[idx], dtype=np.int64)
+        return np.transpose(arr, [2, 0, 1]), out
+
+
+class EpochBatches:
+    """Endless batches of (epoch, index) keys: shuffled per epoch from (seed, epoch), the last partial batch of
+    each epoch dropped, starting at global batch `start`."""
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, start: int = 0):
+        self.size, self.batch_size, self.shuffle, self.seed, self.start = size, batch_size, shuffle, seed, start
+        self.per_epoch = size // batch_size
+
+    def __iter__(self) -> Iterator[list]:
+        batch = self.start
+        while True:
+            epoch, offset = divmod(batch, self.per_epoch)
+            order = (np.random.default_rng([self.seed, epoch]).permutation(self.size) if self.shuffle
+                     else np.arange(self.size))
+            for b in range(offset, self.per_epoch):
+                yield [(epoch, int(i)) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            batch = (epoch + 1) * self.per_epoch
+
+
+class ImageBatches:
+    """The iterator load_data returns: (images [N, 3, H, W] in [-1, 1], {"y": labels}) forever; with
+    low_res_size, cond["low_res"] also holds the images area-downsampled to that size (super-resolution).
+
+    `position` is the number of batches taken since the start of training (pass it back as start_batch).
+    """
+
+    def __init__(self, loader: DataLoader, start: int, low_res_size: int | None = None):
+        self._it = iter(loader)
+        self.position = start
+        self.low_res_size = low_res_size
+        self.classes: list[str] | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            batch = next(self._it)
+        except BadImageError as e:  # a worker's error arrives wrapped in its traceback: keep the message
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            raise BadImageError(lines[-1].split("BadImageError: ", 1)[-1]) from None
+        self.position += 1
+        if self.low_res_size:
+            images, cond = batch
+            cond["low_res"] = F.interpolate(images, self.low_res_size, mode="area")
+        return batch
+
+
+def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bool = False,
+              deterministic: bool = False, random_crop: bool = False, random_flip: bool = True,
+              skip_bad_images: bool = False, num_classes: int | None = None, seed: int = 0,
+              start_batch: int = 0, num_workers: int = 1) -> ImageBatches:
+    """Endless batches from an image folder, sharded over the ranks of the process group.
+
+    deterministic keeps file order (no shuffling); start_batch resumes the stream after that many batches.
+    """
+    from . import dist_util
+
+    paths = list_image_files_recursively(data_dir)
+    labels, class_names = class_labels(paths, data_dir, num_classes) if class_cond else (None, None)
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    dataset = ImageDataset(image_size, paths, classes=labels, shard=rank, num_shards=world,
+                           random_crop=random_crop, random_flip=random_flip, seed=seed,
+                           skip_bad_images=skip_bad_images)
+    if len(dataset) < batch_size:
+        raise ValueError(
+            f"{data_dir} has {len(paths)} images, {len(dataset)} for each of {world} processes: fewer than "
+            f"--batch_size {batch_size}; lower the batch size or add images"
+        )
+    sampler = EpochBatches(len(dataset), batch_size, shuffle=not deterministic, seed=seed + rank, start=start_batch)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+    batches = ImageBatches(loader, start_batch)
+    batches.classes = class_names
+    return batches
+
+
+def load_superres_data(*, data_dir: str, batch_size: int, large_size: int, small_size: int,
+                       class_cond: bool = False, **kwargs) -> ImageBatches:
+    """load_data at large_size, with cond["low_res"] = the batch area-downsampled to small_size."""
+    batches = load_data(data_dir=data_dir, batch_size=batch_size, image_size=large_size, class_cond=class_cond,
+                        **kwargs)
+    batches.low_res_size = small_size
+    return batches

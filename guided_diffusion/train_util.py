@@ -1,0 +1,436 @@
+"""Training loops for diffusion models (TrainLoop) and noisy classifiers (ClassifierTrainLoop).
+
+Both share the mechanics: data-parallel gradients (DDP, gradient accumulation over microbatches with no_sync),
+mixed precision, AdamW with optional linear lr annealing, checkpoints every save_interval steps written
+atomically as model{step:06d}.pt / ema_{rate}_{step:06d}.pt / opt{step:06d}.pt (a file name always equals the
+number of optimizer steps done), and resuming from a path or from the newest complete set ("auto"), with the
+loss scale, every rank's RNG state and the data position restored so that a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel.distributed import DistributedDataParallel as DDP
+
+from . import dist_util, logger
+from .checkpoint import atomic_torch_save, atomic_write, load_weights, read_bytes, save_state_dict
+from .fp16_util import MixedPrecisionTrainer
+from .nn import update_ema
+from .resample import LossAwareSampler, UniformSampler
+
+_STEP_RE = re.compile(r"(?:model|opt|ema_[0-9.]+_)(\d+)\.pt$")
+
+
+def parse_resume_step_from_filename(filename: str) -> int:
+    """The step in model{N}.pt, ema_{rate}_{N}.pt or opt{N}.pt (0 for other names)."""
+    match = _STEP_RE.search(os.path.basename(filename))
+    return int(match.group(1)) if match else 0
+
+
+def parse_ema_rates(ema_rate) -> list[float]:
+    """EMA rates from "0.9999,0.999" (or a float, or a list)."""
+    if isinstance(ema_rate, (int, float)):
+        return [float(ema_rate)]
+    if isinstance(ema_rate, str):
+        try:
+            return [float(x) for x in ema_rate.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--ema_rate {ema_rate!r}: expected comma-separated rates like 0.9999,0.999") from None
+    return [float(x) for x in ema_rate]
+
+
+def _complete_steps(folder: str, ema_rates: list[float]) -> list[int]:
+    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    steps = {parse_resume_step_from_filename(n) for n in names if n.startswith("model") and n.endswith(".pt")}
+    return sorted(
+        s for s in steps
+        if f"opt{s:06d}.pt" in names and all(f"ema_{r}_{s:06d}.pt" in names for r in ema_rates)
+    )
+
+
+def find_resume_checkpoint(spec: str, log_dir: str, ema_rates: list[float] = ()) -> str:
+    """The checkpoint to resume from: "" (none), a path, or "auto" = the newest complete set in log_dir."""
+    if not spec:
+        return ""
+    if spec == "auto":
+        steps = _complete_steps(log_dir, list(ema_rates))
+        return os.path.join(log_dir, f"model{steps[-1]:06d}.pt") if steps else ""
+    if "://" not in spec and not os.path.exists(spec):
+        raise FileNotFoundError(f"--resume_checkpoint not found: {spec}")
+    return spec
+
+
+def capture_rng_state() -> dict:
+    """This process's torch, CUDA, numpy and Python RNG states, as plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Undo capture_rng_state."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _gather(obj) -> list:
+    if dist_util.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist_util.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def write_args_json(args: dict, folder: str) -> None:
+    """Save the full set of flags as folder/args.json (rank 0), for sampling scripts to read back."""
+    if dist_util.get_rank() == 0:
+        data = json.dumps(args, indent=1, sort_keys=True).encode()
+        atomic_write(os.path.join(folder, "args.json"), lambda f: f.write(data))
+
+
+def log_loss_dict(diffusion, ts: torch.Tensor, losses: dict) -> None:
+    """Log each loss's mean and its mean per timestep quartile (key_q0 .. key_q3)."""
+    for key, values in losses.items():
+        logger.logkv_mean(key, values.mean().item())
+        for sub_t, sub_loss in zip(ts.cpu().numpy(), values.detach().cpu().numpy()):
+            logger.logkv_mean(f"{key}_q{int(4 * sub_t / diffusion.num_timesteps)}", sub_loss)
+
+
+class _Loop:
+    """What both loops share: optimizer, DDP, EMA, checkpoints, resuming and the step/log/save cycle."""
+
+    def __init__(self, *, model, data, batch_size, microbatch, lr, ema_rate, log_interval, save_interval,
+                 resume_checkpoint, use_fp16=False, use_bf16=False, fp16_scale_growth=1e-3, weight_decay=0.0,
+                 lr_anneal_steps=0, max_steps=0, initial_lg_loss_scale=20.0):
+        self.model = model
+        self.data = data
+        self.batch_size = batch_size
+        self.microbatch = microbatch if microbatch > 0 else batch_size
+        if batch_size % self.microbatch:
+            raise ValueError(f"--batch_size {batch_size} is not divisible by --microbatch {microbatch}")
+        self.lr = lr
+        self.ema_rate = parse_ema_rates(ema_rate)
+        self.log_interval = log_interval
+        self.save_interval = save_interval
+        self.weight_decay = weight_decay
+        self.lr_anneal_steps = lr_anneal_steps
+        self.max_steps = max_steps
+        self.global_batch = batch_size * dist_util.get_world_size()
+        self.log_dir = logger.get_dir() or "."
+
+        self.resume_checkpoint = find_resume_checkpoint(resume_checkpoint, self.log_dir, self.ema_rate)
+        self.resume_step = parse_resume_step_from_filename(self.resume_checkpoint) if self.resume_checkpoint else 0
+        self.step = self.resume_step
+        resume_state = self._read_resume_state()
+
+        dist_util.sync_params(self.model.parameters())  # every rank starts from rank 0's weights
+        self.mp_trainer = MixedPrecisionTrainer(model=model, use_fp16=use_fp16, use_bf16=use_bf16,
+                                                fp16_scale_growth=fp16_scale_growth,
+                                                initial_lg_loss_scale=initial_lg_loss_scale)
+        if "model" in resume_state:  # float32 masters from the file, not from fp16-rounded weights
+            self.mp_trainer.load_master_params(self.mp_trainer.state_dict_to_master_params(resume_state["model"]))
+        self.opt = torch.optim.AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        self.ema_params = []
+        for rate in self.ema_rate:
+            source = resume_state.get("ema", {}).get(rate)
+            params = (self.mp_trainer.state_dict_to_master_params(source) if source is not None
+                      else self.mp_trainer.master_params)
+            self.ema_params.append([p.detach().clone().float() for p in params])
+        self._pending_rng = None
+        if "opt" in resume_state:
+            self._restore_training_state(resume_state["opt"])
+
+        self.use_ddp = dist_util.get_world_size() > 1
+        if self.use_ddp:
+            device = dist_util.dev()
+            self.ddp_model = DDP(model, device_ids=[device] if device.type == "cuda" else None,
+                                 broadcast_buffers=False, bucket_cap_mb=128, find_unused_parameters=False)
+        else:
+            self.ddp_model = model
+
+    # ----- resuming -----------------------------------------------------------------------------------------
+
+    def _read_resume_state(self) -> dict:
+        """Load weights from the resume checkpoint into the model; read its EMA and optimizer companions."""
+        if not self.resume_checkpoint:
+            return {}
+        logger.log(f"resuming from {self.resume_checkpoint} at step {self.resume_step}")
+        state = dist_util.load_state_dict(self.resume_checkpoint)
+        load_weights(self.model, state, source=self.resume_checkpoint)
+        folder = os.path.dirname(self.resume_checkpoint)
+        out = {"model": state, "ema": {}}
+        for rate in self.ema_rate:
+            path = os.path.join(folder, f"ema_{rate}_{self.resume_step:06d}.pt")
+            if os.path.exists(path):
+                out["ema"][rate] = dist_util.load_state_dict(path)
+            else:
+                logger.warn(f"no {path}: EMA {rate} restarts from the resumed weights")
+        opt_path = os.path.join(folder, f"opt{self.resume_step:06d}.pt")
+        if os.path.exists(opt_path):
+            data = dist_util.broadcast_bytes(read_bytes(opt_path) if dist_util.get_rank() == 0 else None)
+            out["opt"] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        else:
+            logger.warn(f"no {opt_path}: the optimizer state restarts")
+        return out
+
+    def _restore_training_state(self, saved: dict) -> None:
+        if "optimizer" not in saved:  # a bare optimizer state dict, as the original wrote
+            self.opt.load_state_dict(saved)
+            return
+        self.opt.load_state_dict(saved["optimizer"])
+        if self.mp_trainer.use_fp16 and saved.get("lg_loss_scale") is not None:
+            self.mp_trainer.lg_loss_scale = saved["lg_loss_scale"]
+        sampler = getattr(self, "schedule_sampler", None)
+        if saved.get("schedule_sampler") is not None and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(saved["schedule_sampler"])
+        rank = dist_util.get_rank()
+        if len(saved.get("rng", [])) == dist_util.get_world_size():
+            self._pending_rng = saved["rng"][rank]
+        positions = saved.get("data_position", [])
+        if len(positions) == dist_util.get_world_size() and getattr(self.data, "position", None) not in (None, positions[rank]):
+            logger.warn(f"the data stream is at batch {self.data.position}, the checkpoint at {positions[rank]}: "
+                        "pass start_batch to load_data to resume it exactly")
+
+    # ----- the cycle ----------------------------------------------------------------------------------------
+
+    def _done(self) -> bool:
+        if self.max_steps and self.step >= self.max_steps:
+            return True
+        return bool(self.lr_anneal_steps) and self.step >= self.lr_anneal_steps
+
+    def run_loop(self) -> None:
+        """Train until max_steps / lr_anneal_steps (forever if neither is set), saving along the way."""
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)  # last, so nothing in set-up consumes the restored streams
+            self._pending_rng = None
+        saved_at, last_time, last_step = None, time.perf_counter(), self.step
+        while not self._done():
+            self._anneal_lr()
+            self.run_step()
+            self.step += 1
+            if self.step % self.log_interval == 0:
+                now = time.perf_counter()
+                logger.logkv("step", self.step)
+                logger.logkv("samples", self.step * self.global_batch)
+                logger.logkv("images_per_sec", (self.step - last_step) * self.global_batch / max(now - last_time, 1e-9))
+                last_time, last_step = now, self.step
+                logger.dumpkvs()
+            if self.step % self.save_interval == 0:
+                self.save()
+                saved_at = self.step
+        if saved_at != self.step and self.step > self.resume_step:
+            self.save()
+
+    def run_step(self) -> None:
+        raise NotImplementedError
+
+    def _anneal_lr(self) -> None:
+        if not self.lr_anneal_steps:
+            return
+        lr = self.lr * (1 - self.step / self.lr_anneal_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        logger.logkv("lr", lr)
+
+    def _microbatches(self, *tensors):
+        """Consecutive slices of the batch, each with a flag telling whether it is the last one."""
+        n = tensors[0].shape[0]
+        for i in range(0, n, self.microbatch):
+            yield i + self.microbatch >= n, [t[i:i + self.microbatch] for t in tensors]
+
+    # ----- checkpoints --------------------------------------------------------------------------------------
+
+    def _ema_items(self):
+        return zip(self.ema_rate, self.ema_params)
+
+    def _sampler_state(self):
+        sampler = getattr(self, "schedule_sampler", None)
+        return sampler.state_dict() if hasattr(sampler, "state_dict") else None
+
+    def _check_replicas(self) -> None:
+        """Fail loudly if the ranks' parameters have drifted apart (they must stay identical under DDP)."""
+        if dist_util.get_world_size() == 1:
+            return
+        checksum = sum(float(p.detach().double().sum()) + float(p.detach().double().abs().sum())
+                       for p in self.mp_trainer.master_params)
+        sums = _gather(checksum)
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"parameters differ across ranks at step {self.step}: checksums {sums}")
+        logger.log(f"parameters identical on all {len(sums)} ranks at step {self.step} (checksum {checksum:.6e})")
+
+    def save(self) -> None:
+        """Write model, EMA and optimizer files for the current step (rank 0), then wait for every rank."""
+        self._check_replicas()
+        rng = _gather(capture_rng_state())
+        positions = _gather(getattr(self.data, "position", None))
+        if dist_util.get_rank() == 0:
+            for rate, params in self._ema_items():
+                save_state_dict(self.mp_trainer.master_params_to_state_dict(params),
+                                os.path.join(self.log_dir, f"ema_{rate}_{self.step:06d}.pt"))
+            save_state_dict(self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params),
+                            os.path.join(self.log_dir, f"model{self.step:06d}.pt"))
+            atomic_torch_save(
+                {"optimizer": self.opt.state_dict(), "step": self.step,
+                 "lg_loss_scale": self.mp_trainer.lg_loss_scale if self.mp_trainer.use_fp16 else None,
+                 "rng": rng, "data_position": positions, "schedule_sampler": self._sampler_state()},
+                os.path.join(self.log_dir, f"opt{self.step:06d}.pt"),
+            )
+            logger.log(f"saved checkpoint for step {self.step} in {self.log_dir}")
+        dist_util.barrier()
+
+
+class TrainLoop(_Loop):
+    """Trains a diffusion model with diffusion.training_losses, timesteps from a schedule sampler."""
+
+    def __init__(self, *, model, diffusion, data, batch_size, microbatch, lr, ema_rate, log_interval,
+                 save_interval, resume_checkpoint, use_fp16=False, fp16_scale_growth=1e-3, schedule_sampler=None,
+                 weight_decay=0.0, lr_anneal_steps=0, use_bf16=False, max_steps=0):
+        self.diffusion = diffusion
+        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr,
+                         ema_rate=ema_rate, log_interval=log_interval, save_interval=save_interval,
+                         resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, use_bf16=use_bf16,
+                         fp16_scale_growth=fp16_scale_growth, weight_decay=weight_decay,
+                         lr_anneal_steps=lr_anneal_steps, max_steps=max_steps)
+
+    def run_step(self) -> None:
+        batch, cond = next(self.data)
+        self.forward_backward(batch, cond)
+        if self.mp_trainer.optimize(self.opt):
+            for rate, params in self._ema_items():
+                update_ema(params, self.mp_trainer.master_params, rate=rate)
+
+    def forward_backward(self, batch: torch.Tensor, cond: dict) -> None:
+        """Accumulate the gradient of the batch's mean loss, one microbatch at a time."""
+        self.mp_trainer.zero_grad()
+        device = dist_util.dev()
+        batch = batch.to(device)
+        cond = {k: v.to(device) for k, v in cond.items()}
+        keys = sorted(cond)
+        for last, (micro, *micro_cond) in self._microbatches(batch, *(cond[k] for k in keys)):
+            micro_cond = dict(zip(keys, micro_cond))
+            t, weights = self.schedule_sampler.sample(micro.shape[0], device)
+
+            def compute_losses():
+                with self.mp_trainer.autocast():
+                    return self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
+
+            if last or not self.use_ddp:
+                losses = compute_losses()
+            else:
+                with self.ddp_model.no_sync():
+                    losses = compute_losses()
+            if isinstance(self.schedule_sampler, LossAwareSampler):
+                self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+            # Weight by the microbatch's share, so the gradient equals the whole batch's.
+            loss = (losses["loss"].float() * weights).mean() * (micro.shape[0] / batch.shape[0])
+            log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()})
+            self.mp_trainer.backward(loss)
+
+
+def compute_top_k(logits: torch.Tensor, labels: torch.Tensor, k: int, reduction: str = "mean") -> torch.Tensor:
+    """Top-k accuracy per sample (reduction "none") or averaged."""
+    top = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).indices
+    correct = (top == labels[:, None]).any(dim=-1).float()
+    return correct if reduction == "none" else correct.mean()
+
+
+class ClassifierTrainLoop(_Loop):
+    """Trains a noisy-image classifier: cross-entropy on images noised to timesteps from the schedule sampler
+    (or clean images with noised=False), with top-1/top-5 accuracy and validation, by timestep quartile."""
+
+    def __init__(self, *, model, diffusion, data, val_data=None, batch_size, microbatch, lr, log_interval,
+                 save_interval, eval_interval=5, resume_checkpoint="", noised=True, schedule_sampler=None,
+                 weight_decay=0.0, anneal_lr=False, iterations=0, use_fp16=False, use_bf16=False):
+        self.diffusion = diffusion
+        self.val_data = val_data
+        self.noised = noised
+        self.eval_interval = eval_interval
+        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr, ema_rate=[],
+                         log_interval=log_interval, save_interval=save_interval,
+                         resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, use_bf16=use_bf16,
+                         weight_decay=weight_decay, lr_anneal_steps=iterations if anneal_lr else 0,
+                         max_steps=iterations, initial_lg_loss_scale=16.0)
+
+    def run_step(self) -> None:
+        self.mp_trainer.zero_grad()
+        self.forward_backward_log(self.data, prefix="train")
+        self.mp_trainer.optimize(self.opt)
+        if self.val_data is not None and self.step % self.eval_interval == 0:
+            self.ddp_model.eval()
+            with torch.no_grad():
+                self.forward_backward_log(self.val_data, prefix="val")
+            self.ddp_model.train()
+
+    def forward_backward_log(self, data, prefix: str) -> None:
+        """Loss and accuracy of the next batch of `data`; gradients only when grad mode is on."""
+        batch, extra = next(data)
+        device = dist_util.dev()
+        labels = extra["y"].to(device)
+        batch = batch.to(device)
+        if self.noised:
+            t, _ = self.schedule_sampler.sample(batch.shape[0], device)
+            batch = self.diffusion.q_sample(batch, t)
+        else:
+            t = torch.zeros(batch.shape[0], dtype=torch.long, device=device)
+        for last, (sub_batch, sub_labels, sub_t) in self._microbatches(batch, labels, t):
+            def compute_logits():
+                with self.mp_trainer.autocast():
+                    return self.ddp_model(sub_batch, timesteps=sub_t).float()
+
+            if last or not self.use_ddp or not torch.is_grad_enabled():
+                logits = compute_logits()
+            else:
+                with self.ddp_model.no_sync():
+                    logits = compute_logits()
+            loss = F.cross_entropy(logits, sub_labels, reduction="none")
+            log_loss_dict(self.diffusion, sub_t, {
+                f"{prefix}_loss": loss.detach(),
+                f"{prefix}_acc@1": compute_top_k(logits, sub_labels, k=1, reduction="none"),
+                f"{prefix}_acc@5": compute_top_k(logits, sub_labels, k=5, reduction="none"),
+            })
+            if torch.is_grad_enabled():
+                self.mp_trainer.backward(loss.mean() * (len(sub_batch) / len(batch)))
+
+
+def train_diffusion_from_args(args, model, diffusion, make_data) -> None:
+    """What image_train.py and super_res_train.py share: resolve --resume_checkpoint, open the data stream at
+    the resumed position (make_data(start_batch)), and run a TrainLoop with the script's flags."""
+    from .resample import create_named_schedule_sampler
+
+    resume = find_resume_checkpoint(args.resume_checkpoint, logger.get_dir(), parse_ema_rates(args.ema_rate))
+    data = make_data(parse_resume_step_from_filename(resume) if resume else 0)
+    logger.log("training...")
+    TrainLoop(
+        model=model, diffusion=diffusion, data=data, batch_size=args.batch_size, microbatch=args.microbatch,
+        lr=args.lr, ema_rate=args.ema_rate, log_interval=args.log_interval, save_interval=args.save_interval,
+        resume_checkpoint=resume, use_fp16=args.use_fp16, fp16_scale_growth=args.fp16_scale_growth,
+        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
+        weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, use_bf16=args.use_bf16,
+        max_steps=args.max_steps,
+    ).run_loop()

@@ -1,0 +1,83 @@
+"""Train a noisy-image classifier for classifier guidance on a folder of class-prefixed images.
+
+    mpiexec -n N python scripts/classifier_train.py --data_dir DIR [--val_data_dir DIR] $CLASSIFIER_FLAGS $TRAIN_FLAGS
+"""
+
+import argparse
+
+from guided_diffusion import cli, dist_util, logger
+from guided_diffusion.image_datasets import load_data
+from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.script_util import (
+    add_dict_to_argparser,
+    args_to_dict,
+    classifier_and_diffusion_defaults,
+    create_classifier_and_diffusion,
+)
+from guided_diffusion.train_util import ClassifierTrainLoop, find_resume_checkpoint, \
+    parse_resume_step_from_filename
+
+
+def main():
+    args = create_argparser().parse_args()
+    cli.require_data_dir(args.data_dir)
+    log_dir = cli.start(args, "classifier_train")
+
+    logger.log("creating model and diffusion...")
+    model, diffusion = create_classifier_and_diffusion(
+        **args_to_dict(args, classifier_and_diffusion_defaults().keys()))
+    model.to(dist_util.dev())
+    resume = find_resume_checkpoint(args.resume_checkpoint, log_dir)
+
+    logger.log("creating data loader...")
+    common = dict(batch_size=args.batch_size, image_size=args.image_size, class_cond=True,
+                  skip_bad_images=args.skip_bad_images, num_classes=args.num_classes, seed=args.seed,
+                  num_workers=args.num_workers)
+    data = load_data(data_dir=args.data_dir, random_crop=args.random_crop, random_flip=args.random_flip,
+                     start_batch=parse_resume_step_from_filename(resume) if resume else 0, **common)
+    val_data = load_data(data_dir=args.val_data_dir, **common) if args.val_data_dir else None
+
+    logger.log("training classifier model...")
+    ClassifierTrainLoop(
+        model=model, diffusion=diffusion, data=data, val_data=val_data, batch_size=args.batch_size,
+        microbatch=args.microbatch, lr=args.lr, log_interval=args.log_interval, save_interval=args.save_interval,
+        eval_interval=args.eval_interval, resume_checkpoint=resume, noised=args.noised,
+        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
+        weight_decay=args.weight_decay, anneal_lr=args.anneal_lr, iterations=args.iterations,
+        use_fp16=args.classifier_use_fp16, use_bf16=args.use_bf16,
+    ).run_loop()
+
+
+def create_argparser():
+    defaults = dict(
+        data_dir="",
+        val_data_dir="",
+        noised=True,
+        iterations=150000,
+        lr=3e-4,
+        weight_decay=0.0,
+        anneal_lr=False,
+        batch_size=4,
+        microbatch=-1,
+        schedule_sampler="uniform",
+        resume_checkpoint="",
+        log_interval=10,
+        eval_interval=5,
+        save_interval=10000,
+        # New flags (the original always cropped randomly).
+        use_bf16=False,
+        log_dir="",
+        seed=0,
+        random_crop=True,
+        random_flip=True,
+        skip_bad_images=False,
+        num_workers=1,
+    )
+    defaults.update(classifier_and_diffusion_defaults())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dict_to_argparser(parser, defaults)
+    return parser
+
+
+if __name__ == "__main__":
+    cli.run(main)

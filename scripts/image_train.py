@@ -1,0 +1,49 @@
+"""Train a diffusion model on a folder of images.
+
+    mpiexec -n N python scripts/image_train.py --data_dir DIR $MODEL_FLAGS $DIFFUSION_FLAGS $TRAIN_FLAGS
+    (or torchrun --nproc_per_node N ..., or plain python)
+"""
+
+import argparse
+
+from guided_diffusion import cli, dist_util, logger
+from guided_diffusion.image_datasets import load_data
+from guided_diffusion.script_util import (
+    add_dict_to_argparser,
+    args_to_dict,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+)
+from guided_diffusion.train_util import train_diffusion_from_args
+
+
+def main():
+    args = create_argparser().parse_args()
+    cli.require_data_dir(args.data_dir)
+    cli.start(args, "image_train")
+
+    logger.log("creating model and diffusion...")
+    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
+    model.to(dist_util.dev())
+
+    def make_data(start_batch):
+        return load_data(
+            data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
+            class_cond=args.class_cond, random_crop=args.random_crop, random_flip=args.random_flip,
+            skip_bad_images=args.skip_bad_images, num_classes=args.num_classes, seed=args.seed,
+            num_workers=args.num_workers, start_batch=start_batch,
+        )
+
+    train_diffusion_from_args(args, model, diffusion, make_data)
+
+
+def create_argparser():
+    defaults = model_and_diffusion_defaults()
+    defaults.update(cli.training_defaults())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dict_to_argparser(parser, defaults)
+    return parser
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,48 @@
+"""Train a super-resolution model: large_size images conditioned on their area-downsampled small_size versions.
+
+    mpiexec -n N python scripts/super_res_train.py --data_dir DIR --large_size 256 --small_size 64 $FLAGS
+"""
+
+import argparse
+
+from guided_diffusion import cli, dist_util, logger
+from guided_diffusion.image_datasets import load_superres_data
+from guided_diffusion.script_util import (
+    add_dict_to_argparser,
+    args_to_dict,
+    sr_create_model_and_diffusion,
+    sr_model_and_diffusion_defaults,
+)
+from guided_diffusion.train_util import train_diffusion_from_args
+
+
+def main():
+    args = create_argparser().parse_args()
+    cli.require_data_dir(args.data_dir)
+    cli.start(args, "super_res_train")
+
+    logger.log("creating model...")
+    model, diffusion = sr_create_model_and_diffusion(**args_to_dict(args, sr_model_and_diffusion_defaults().keys()))
+    model.to(dist_util.dev())
+
+    def make_data(start_batch):
+        return load_superres_data(
+            data_dir=args.data_dir, batch_size=args.batch_size, large_size=args.large_size,
+            small_size=args.small_size, class_cond=args.class_cond, random_crop=args.random_crop,
+            random_flip=args.random_flip, skip_bad_images=args.skip_bad_images, num_classes=args.num_classes,
+            seed=args.seed, num_workers=args.num_workers, start_batch=start_batch,
+        )
+
+    train_diffusion_from_args(args, model, diffusion, make_data)
+
+
+def create_argparser():
+    defaults = sr_model_and_diffusion_defaults()
+    defaults.update(cli.training_defaults())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dict_to_argparser(parser, defaults)
+    return parser
+
+
+if __name__ == "__main__":
+    cli.run(main)
