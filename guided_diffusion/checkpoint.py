@@ -7,13 +7,15 @@ likely wrong and what the checkpoint implies, read off the shapes of its tensors
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
-import tempfile
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from .fileio import atomic_write
 
 
 class CheckpointMismatchError(ValueError):
@@ -62,23 +64,6 @@ def state_dict_from_bytes(data: bytes, path: str) -> dict[str, torch.Tensor]:
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a state dict from a .pt (torch.save of a state dict) or .safetensors file, onto the CPU."""
     return state_dict_from_bytes(read_bytes(path), path)
-
-
-def atomic_write(path: str, write) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it into place (no partial files)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str) -> None:
@@ -174,7 +159,8 @@ def _describe_decoder(state: dict, width: int) -> dict:
 def _describe_pool(state: dict) -> dict:
     """The classifier's pooling head and its number of outputs."""
     if "out.2.positional_embedding" in state:
-        return {"pool": "attention", "num_classes": _shape(state, "out.2.c_proj.weight")[0]}
+        return {"pool": "attention", "num_classes": _shape(state, "out.2.c_proj.weight")[0],
+                "pool_tokens": _shape(state, "out.2.positional_embedding")[1]}
     if "out.3.weight" in state and len(_shape(state, "out.3.weight")) == 4:
         return {"pool": "adaptive", "num_classes": _shape(state, "out.3.weight")[0]}
     if "out.0.weight" in state and len(_shape(state, "out.0.weight")) == 2:
@@ -202,7 +188,7 @@ def _hints(model: nn.Module, mine: dict, theirs: dict, evidence: dict) -> list[s
         lines.append(f"{evidence.get(fact, 'the checkpoint')}: {text}")
 
     for fact in ("width", "in_channels", "out_channels", "num_classes", "use_scale_shift_norm", "pool",
-                 "num_res_blocks", "channel_mult", "resblock_updown", "attention_ds"):
+                 "pool_tokens", "num_res_blocks", "channel_mult", "resblock_updown", "attention_ds"):
         if fact not in theirs or fact not in mine or mine[fact] == theirs[fact]:
             continue
         want, now = theirs[fact], mine[fact]
@@ -232,6 +218,11 @@ def _hints(model: nn.Module, mine: dict, theirs: dict, evidence: dict) -> list[s
             say(fact, f"use --channel_mult {_fmt(want)} (now {_fmt(now)})")
         elif fact == "resblock_updown":
             say(fact, f"use --resblock_updown {want} (now {now})")
+        elif fact == "pool_tokens" and image_size:
+            downsampling = image_size // math.isqrt(now - 1)
+            say(fact, f"the classifier was trained on {math.isqrt(want - 1) * downsampling}x"
+                      f"{math.isqrt(want - 1) * downsampling} images, not {image_size}x{image_size}: use a "
+                      "classifier of the model's image size")
         elif fact == "attention_ds" and image_size:
             say(fact, f"use --attention_resolutions {_fmt(image_size // d for d in want) or '(none)'} "
                       f"(now {_fmt(image_size // d for d in now) or '(none)'})")
@@ -256,6 +247,8 @@ def _evidence(state: dict) -> dict:
         if key in state and "output_blocks.0.0.in_layers.0.weight" not in state:
             ev["num_classes"] = ev["pool"] = show(key)
             break
+    if "out.2.positional_embedding" in state:
+        ev["pool_tokens"] = show("out.2.positional_embedding")
     n_out = len(_block_ids(state, "output_blocks"))
     n_in = len(_block_ids(state, "input_blocks"))
     for fact in ("num_res_blocks", "channel_mult", "resblock_updown", "attention_ds"):

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 
 from . import dist_util, logger
-from .checkpoint import atomic_torch_save, atomic_write, load_weights, read_bytes, save_state_dict
+from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict
+from .fileio import atomic_write
 from .fp16_util import MixedPrecisionTrainer
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler

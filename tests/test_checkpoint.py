@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from guided_diffusion import script_util as su
+from guided_diffusion.fileio import atomic_write
 from guided_diffusion.checkpoint import (
     CheckpointMismatchError,
-    atomic_write,
     load_state_dict,
     load_weights,
     save_state_dict,
