@@ -46,9 +46,12 @@ def main():
 
 
 def check_classifier_matches(args, saved):
-    """A classifier trained here must match the model's image size and label set."""
+    """A classifier trained here must match the model's image size, and a class-conditional model's label set
+    (an unconditional model takes the classifier's labels)."""
     if not saved:
         return
+    if not args.class_cond and "num_classes" in saved:
+        args.num_classes = saved["num_classes"]
     for key, what in (("image_size", "image size"), ("num_classes", "number of classes")):
         if key in saved and saved[key] != getattr(args, key):
             raise ValueError(
