@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
@@ -87,3 +88,15 @@ def start(args, script: str) -> str:
     write_args_json(vars(args), log_dir)
     seed_all(args.seed)
     return log_dir
+
+
+def make_parser(doc: str, *defaults: dict) -> argparse.ArgumentParser:
+    """An argument parser with a --flag for every entry of the default dicts (later dicts win)."""
+    from .script_util import add_dict_to_argparser
+
+    merged: dict = {}
+    for d in defaults:
+        merged.update(d)
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dict_to_argparser(parser, merged)
+    return parser

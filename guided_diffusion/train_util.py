@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel.distributed import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
 from . import dist_util, logger
 from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict
@@ -229,10 +230,13 @@ class _Loop:
             restore_rng_state(self._pending_rng)  # last, so nothing in set-up consumes the restored streams
             self._pending_rng = None
         saved_at, last_time, last_step = None, time.perf_counter(), self.step
+        bar = tqdm(total=self.max_steps or None, initial=self.step, desc="training", unit="step", mininterval=1.0,
+                   disable=dist_util.get_rank() != 0)
         while not self._done():
             self._anneal_lr()
             self.run_step()
             self.step += 1
+            bar.update(1)
             if self.step % self.log_interval == 0:
                 now = time.perf_counter()
                 logger.logkv("step", self.step)
@@ -243,6 +247,7 @@ class _Loop:
             if self.step % self.save_interval == 0:
                 self.save()
                 saved_at = self.step
+        bar.close()
         if saved_at != self.step and self.step > self.resume_step:
             self.save()
 

@@ -3,13 +3,10 @@
     mpiexec -n N python scripts/classifier_train.py --data_dir DIR [--val_data_dir DIR] $CLASSIFIER_FLAGS $TRAIN_FLAGS
 """
 
-import argparse
-
 from guided_diffusion import cli, dist_util, logger
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     classifier_and_diffusion_defaults,
     create_classifier_and_diffusion,
@@ -73,10 +70,7 @@ def create_argparser():
         skip_bad_images=False,
         num_workers=1,
     )
-    defaults.update(classifier_and_diffusion_defaults())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, defaults, classifier_and_diffusion_defaults())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Logs the running bits/dim and the bound's terms per timestep quartile; saves the
 (vb, mse, xstart_mse) as {name}_terms.npz and the per-image bits/dim as bpd.npz in the log folder.
 """
 
-import argparse
 import os
 
 import numpy as np
@@ -17,7 +16,6 @@ from tqdm.auto import tqdm
 from guided_diffusion import cli, dist_util, logger, sampling
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
@@ -101,10 +99,7 @@ def log_quartiles(vb_by_step: np.ndarray) -> None:
 def create_argparser():
     defaults = dict(data_dir="", clip_denoised=True, num_samples=1000, batch_size=1, model_path="",
                     seed=0, use_bf16=False, log_dir="", progress=False)
-    defaults.update(model_and_diffusion_defaults())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, defaults, model_and_diffusion_defaults())
 
 
 if __name__ == "__main__":

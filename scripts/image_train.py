@@ -4,12 +4,9 @@
     (or torchrun --nproc_per_node N ..., or plain python)
 """
 
-import argparse
-
 from guided_diffusion import cli, dist_util, logger
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
@@ -38,11 +35,7 @@ def main():
 
 
 def create_argparser():
-    defaults = model_and_diffusion_defaults()
-    defaults.update(cli.training_defaults())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, model_and_diffusion_defaults(), cli.training_defaults())
 
 
 if __name__ == "__main__":

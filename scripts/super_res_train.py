@@ -3,12 +3,9 @@
     mpiexec -n N python scripts/super_res_train.py --data_dir DIR --large_size 256 --small_size 64 $FLAGS
 """
 
-import argparse
-
 from guided_diffusion import cli, dist_util, logger
 from guided_diffusion.image_datasets import load_superres_data
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
@@ -37,11 +34,7 @@ def main():
 
 
 def create_argparser():
-    defaults = sr_model_and_diffusion_defaults()
-    defaults.update(cli.training_defaults())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, sr_model_and_diffusion_defaults(), cli.training_defaults())
 
 
 if __name__ == "__main__":
