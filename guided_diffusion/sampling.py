@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -29,8 +30,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import dist_util, logger
+from . import dist_util, logger, samplers
 from .checkpoint import load_weights
+from .denoiser import Denoiser, classifier_guided
 from .fileio import NpzArray, atomic_write, write_npz_stream
 from .rng import SampleRNG
 from .script_util import add_dict_to_argparser
@@ -180,24 +182,109 @@ def to_uint8(sample: torch.Tensor) -> np.ndarray:
 
 # ----- the diffusion samplers -----------------------------------------------------------------------------
 
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "edm_stochastic", "dpmpp_2m")
+SIGMA_SCHEDULES = ("karras", "model")
+
+
 @dataclass
 class SamplerOptions:
-    """How to run the reverse process: DDPM (ancestral) or DDIM, with clipping of the predicted x_0."""
+    """How to run the reverse process.
+
+    ddpm and ddim step through the (possibly respaced) process as the original. euler, heun, edm_stochastic
+    and dpmpp_2m run over the model's denoiser D(x; sigma) (guided_diffusion.samplers) at the noise levels of
+    sigma_schedule: "karras" (EDM eq. 5 with steps, sigma_min, sigma_max and rho, the range clamped to the
+    model's levels and each step rounded to a trained level) or "model" (every level of the process, as chosen
+    by --timestep_respacing). edm_stochastic adds EDM's churn (s_churn, s_tmin, s_tmax, s_noise).
+    """
 
     use_ddim: bool = False
     clip_denoised: bool = True
     eta: float = 0.0
     progress: bool = False
+    sampler: str = ""  # "" = ddim if use_ddim else ddpm
+    steps: int = 18
+    sigma_schedule: str = "karras"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+
+    def __post_init__(self):
+        if self.sampler not in ("", *SAMPLERS):
+            raise ValueError(f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.use_ddim and self.sampler not in ("", "ddim"):
+            raise ValueError(f"--use_ddim True conflicts with --sampler {self.sampler}: drop --use_ddim")
+        if self.sigma_schedule not in SIGMA_SCHEDULES:
+            raise ValueError(f"--sigma_schedule {self.sigma_schedule!r}: choose one of {', '.join(SIGMA_SCHEDULES)}")
+        for flag in ("sigma_min", "sigma_max", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise"):
+            if math.isnan(getattr(self, flag)):
+                raise ValueError(f"--{flag} must be a number, got nan")
+        checks = [
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.sigma_min > 0, f"--sigma_min must be > 0, got {self.sigma_min}"),
+            (self.sigma_min < self.sigma_max,
+             f"--sigma_min {self.sigma_min} must be below --sigma_max {self.sigma_max}"),
+            (self.rho > 0, f"--rho must be > 0, got {self.rho}"),
+            (self.s_churn >= 0, f"--s_churn must be >= 0, got {self.s_churn}"),
+            (self.s_tmin <= self.s_tmax, f"--s_tmin {self.s_tmin} must not exceed --s_tmax {self.s_tmax}"),
+            (self.s_noise > 0, f"--s_noise must be > 0, got {self.s_noise}"),
+            (self.sampler != "edm_stochastic" or self.s_churn > 0,
+             "--sampler edm_stochastic needs --s_churn > 0 (with 0 it is --sampler heun)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def name(self) -> str:
+        """The sampler that runs."""
+        return self.sampler or ("ddim" if self.use_ddim else "ddpm")
+
+
+def noise_levels(denoiser: Denoiser, options: SamplerOptions) -> torch.Tensor:
+    """The decreasing noise levels sigma_0 > ... > sigma_{N-1} > 0 = sigma_N of an EDM-style sampler."""
+    if options.sigma_schedule == "model":
+        return samplers.append_zero(denoiser.sigmas.flip(0))
+    low, high = max(options.sigma_min, denoiser.sigma_min), min(options.sigma_max, denoiser.sigma_max)
+    if low >= high:
+        raise ValueError(f"--sigma_min {options.sigma_min} and --sigma_max {options.sigma_max} leave no range "
+                         f"inside the model's noise levels [{denoiser.sigma_min:.4g}, {denoiser.sigma_max:.4g}]")
+    return samplers.append_zero(denoiser.round_sigma(samplers.karras_sigmas(options.steps, low, high, options.rho)))
 
 
 def run_sampler(diffusion, model_fn, shape, model_kwargs: dict, cond_fn, rng: SampleRNG,
                 options: SamplerOptions) -> torch.Tensor:
     """Samples [N, C, H, W] in [-1, 1] from per-sample random streams."""
-    common = dict(clip_denoised=options.clip_denoised, model_kwargs=model_kwargs, cond_fn=cond_fn,
-                  device=dist_util.dev(), progress=options.progress, rng=rng)
-    if options.use_ddim:
-        return diffusion.ddim_sample_loop(model_fn, shape, eta=options.eta, **common)
-    return diffusion.p_sample_loop(model_fn, shape, **common)
+    if options.name in ("ddpm", "ddim"):
+        common = dict(clip_denoised=options.clip_denoised, model_kwargs=model_kwargs, cond_fn=cond_fn,
+                      device=dist_util.dev(), progress=options.progress, rng=rng)
+        if options.name == "ddim":
+            return diffusion.ddim_sample_loop(model_fn, shape, eta=options.eta, **common)
+        return diffusion.p_sample_loop(model_fn, shape, **common)
+
+    denoiser = Denoiser(diffusion, model_fn, clip_denoised=options.clip_denoised)
+    guided = denoiser if cond_fn is None else classifier_guided(denoiser, cond_fn)
+    sigmas = noise_levels(denoiser, options)
+    # x_T ~ N(0, I) in the network's input space, as ADM: x = z / c_in(sigma_0) (EDM's sigma_0 z is nearly so).
+    x = rng.randn(shape, device=dist_util.dev(), dtype=torch.float64) * math.sqrt(float(sigmas[0]) ** 2 + 1)
+
+    def denoise(x, sigma):
+        return guided(x, sigma, **model_kwargs)
+
+    if options.name == "euler":
+        x = samplers.sample_euler(denoise, x, sigmas, progress=options.progress)
+    elif options.name == "dpmpp_2m":
+        x = samplers.sample_dpmpp_2m(denoise, x, sigmas, progress=options.progress)
+    elif options.name == "heun":
+        x = samplers.sample_heun(denoise, x, sigmas, progress=options.progress)
+    else:
+        x = samplers.sample_heun(denoise, x, sigmas, rng=rng, s_churn=options.s_churn, s_tmin=options.s_tmin,
+                                 s_tmax=options.s_tmax, s_noise=options.s_noise,
+                                 round_sigma=denoiser.round_sigma, progress=options.progress)
+    return x.float()
 
 
 def sampling_defaults() -> dict:
@@ -216,12 +303,28 @@ def sampling_defaults() -> dict:
         log_dir="",
         grid=True,
         progress=True,
+        # The sampler (SamplerOptions): "" keeps the original's choice by --use_ddim.
+        sampler="",
+        steps=18,
+        sigma_schedule="karras",
+        sigma_min=0.002,
+        sigma_max=80.0,
+        rho=7.0,
+        s_churn=0.0,
+        s_tmin=0.0,
+        s_tmax=math.inf,
+        s_noise=1.0,
     )
 
 
+_OPTION_FLAGS = ("use_ddim", "clip_denoised", "eta", "sampler", "steps", "sigma_schedule", "sigma_min",
+                 "sigma_max", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise")
+
+
 def sampler_options(args) -> SamplerOptions:
-    return SamplerOptions(use_ddim=args.use_ddim, clip_denoised=args.clip_denoised, eta=args.eta,
-                          progress=args.progress and dist_util.get_rank() == 0)
+    """SamplerOptions from parsed flags (ValueError naming the flag for bad values)."""
+    return SamplerOptions(progress=args.progress and dist_util.get_rank() == 0,
+                          **{k: getattr(args, k) for k in _OPTION_FLAGS})
 
 
 def image_batch_fn(model, diffusion, args, cond_fn=None) -> Callable:

@@ -1,0 +1,132 @@
+"""Any trained GaussianDiffusion model seen as an EDM denoiser D(x; sigma), plus guidance in sigma space.
+
+Karras et al. 2022 (EDM), section 2 and Table 1 ("VP" / iDDPM column, appendix C.3.4): a VP process x_t =
+sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps is the variance-exploding process x = x_t / sqrt(alpha_bar_t)
+= x_0 + sigma eps at the noise levels u_t = sqrt((1 - alpha_bar_t) / alpha_bar_t). The network sees
+c_in x = x / sqrt(sigma^2 + 1) (= x_t) and the timestep whose level is nearest to sigma, and
+D(x; sigma) = x - sigma eps_hat (c_skip = 1, c_out = -sigma), or the predicted x_0 for x_0-predicting models.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .gaussian_diffusion import GaussianDiffusion, ModelMeanType
+
+DenoiserFn = Callable[..., torch.Tensor]
+
+
+def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma (a number, 0-d or [N] tensor) as a float64 [N] tensor on x's device."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+    return sigma.expand(x.shape[0]).contiguous() if sigma.ndim == 0 else sigma
+
+
+def _broadcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Denoiser:
+    """D(x; sigma) of a network trained with `diffusion` (respaced or not), called as model_fn(x_t, t, **kwargs).
+
+    sigmas are the process's levels u_j in increasing order (j = step index of the process); the network gets
+    the timestep of the nearest level (as EDM's round_sigma), or with fractional=True the fractional timestep
+    interpolated linearly in log sigma between the two neighbouring levels. clip_denoised clips D to [-1, 1].
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, model_fn: Callable, clip_denoised: bool = False,
+                 fractional: bool = False):
+        if diffusion.model_mean_type not in (ModelMeanType.EPSILON, ModelMeanType.START_X):
+            raise ValueError("the EDM samplers need a model predicting eps or x_0, not "
+                             f"{diffusion.model_mean_type.name}: use --sampler ddpm or ddim")
+        self.diffusion = diffusion
+        self.model_fn = model_fn
+        self.clip_denoised = clip_denoised
+        self.fractional = fractional
+        alphas_cumprod = torch.from_numpy(diffusion.alphas_cumprod)
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+        # The timestep the network was trained with at each level (timestep_map, rescaled if need be).
+        self.trained_timesteps = diffusion._model_timesteps(torch.arange(diffusion.num_timesteps)).double()
+
+    def nearest_index(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Index j of the level u_j nearest to each sigma (distance in sigma, as EDM)."""
+        sigmas = self.sigmas.to(sigma.device)
+        upper = torch.searchsorted(sigmas, sigma).clamp(max=len(sigmas) - 1)
+        lower = (upper - 1).clamp(min=0)
+        return torch.where(sigma - sigmas[lower] <= sigmas[upper] - sigma, lower, upper)
+
+    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The level the network is evaluated at for sigma: the nearest trained level, or sigma itself when
+        timesteps are fractional."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        if self.fractional:
+            return sigma
+        return self.sigmas.to(sigma.device)[self.nearest_index(sigma)]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's timestep input for per-sample noise levels sigma [N]."""
+        if not self.fractional:
+            index = self.nearest_index(sigma)
+            return self.diffusion._model_timesteps(index)
+        log_levels = self.sigmas.log().to(sigma.device)
+        trained = self.trained_timesteps.to(sigma.device)
+        if len(log_levels) == 1:
+            return trained.expand(len(sigma)).float()
+        log_sigma = sigma.clamp(self.sigma_min, self.sigma_max).log()
+        upper = torch.searchsorted(log_levels, log_sigma).clamp(1, len(log_levels) - 1)
+        lower = upper - 1
+        frac = (log_sigma - log_levels[lower]) / (log_levels[upper] - log_levels[lower])
+        return (trained[lower] + frac * (trained[upper] - trained[lower])).float()
+
+    def __call__(self, x: torch.Tensor, sigma, **model_kwargs) -> torch.Tensor:
+        """D(x; sigma) in x's dtype; sigma is a number or one level per sample."""
+        sigma = _per_sample(sigma, x)
+        c_in = _broadcast((sigma**2 + 1).rsqrt(), x)
+        output = self.model_fn((c_in * x).float(), self.timestep(sigma), **model_kwargs)
+        output = output[:, :x.shape[1]].to(x.dtype)  # learned-variance models: the first C channels
+        if self.diffusion.model_mean_type == ModelMeanType.START_X:
+            denoised = output
+        else:
+            denoised = x - _broadcast(sigma, x) * output
+        return denoised.clamp(-1, 1) if self.clip_denoised else denoised
+
+
+def classifier_guided(denoiser: Denoiser, cond_fn: Callable) -> DenoiserFn:
+    """D~(x; sigma) = D(x; sigma) + sigma^2 grad_x [s log p(y | x, t(sigma))] (the score shifted by the
+    classifier's, EDM eq. 3 with D = x + sigma^2 score).
+
+    cond_fn(x_t, t, **kwargs) = s grad_{x_t} log p(y | x_t, t) is taken at the network's own input x_t = c_in x
+    and timestep; grad_x = c_in grad_{x_t}, so the shift is sigma^2 c_in cond_fn. With sigma^2 c_in =
+    (1 - alpha_bar) / sqrt(alpha_bar) this is ADM's condition_score (eps - sqrt(1 - alpha_bar) grad) exactly.
+    """
+
+    def guided(x: torch.Tensor, sigma, **model_kwargs) -> torch.Tensor:
+        sigma = _per_sample(sigma, x)
+        denoised = denoiser(x, sigma, **model_kwargs)
+        c_in = _broadcast((sigma**2 + 1).rsqrt(), x)
+        gradient = cond_fn((c_in * x).float(), denoiser.timestep(sigma), **model_kwargs)
+        if not isinstance(gradient, torch.Tensor) or gradient.shape != x.shape:
+            got = list(gradient.shape) if isinstance(gradient, torch.Tensor) else type(gradient).__name__
+            raise ValueError(f"cond_fn must return a gradient shaped like x {list(x.shape)}, got {got}")
+        return denoised + _broadcast(sigma**2, x) * c_in * gradient.to(x.dtype)
+
+    return guided
+
+
+def classifier_free_guided(denoiser: DenoiserFn, scale: float, uncond_label: int) -> DenoiserFn:
+    """D_u + scale (D_c - D_u) for a model trained with label dropout (Ho & Salimans 2021): D_c with the labels
+    y, D_u with every label replaced by uncond_label, both in one batch. scale = 1 gives D_c."""
+
+    def guided(x: torch.Tensor, sigma, y: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        sigma = _per_sample(sigma, x)
+        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                        y=torch.cat([y, torch.full_like(y, uncond_label)]),
+                        **{k: torch.cat([v, v]) for k, v in model_kwargs.items()})
+        cond, uncond = both.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return guided
