@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -24,6 +24,9 @@ def atomic_write(path: str, write: Callable) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -58,7 +61,7 @@ class NpzArray:
             shape, fortran, dtype = readers[version](member)
             self._offset = member.tell()
         if fortran:
-            raise ValueError(f"{self.path}: '{key}' is stored in Fortran order; re-save it with np.savez")
+            raise ValueError(f"{self.path}: '{key}' is stored in Fortran order; re-save it with np.savez(path, np.ascontiguousarray(array))")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
@@ -77,19 +80,28 @@ class NpzArray:
         return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterable[np.ndarray]:
-        """Consecutive row batches."""
+        """Consecutive row batches, read in one pass over the member (so deflated members are inflated once)."""
         stop = len(self) if stop is None else min(stop, len(self))
-        for i in range(start, stop, batch_size):
-            yield self.read(i, min(i + batch_size, stop))
+        with zipfile.ZipFile(self.path) as archive, archive.open(self.key + ".npy") as member:
+            member.seek(self._offset + start * self._row_bytes)
+            for i in range(start, stop, batch_size):
+                count = min(batch_size, stop - i)
+                data = member.read(count * self._row_bytes)
+                if len(data) != count * self._row_bytes:
+                    raise ValueError(f"{self.path}: '{self.key}' is truncated (rows {i}..{stop - 1} missing)")
+                yield np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
 
 
-def write_npz_stream(path: str, arrays: dict) -> None:
+def write_npz_stream(path: str, arrays: dict | Iterable[tuple[str, Any]]) -> None:
     """Write an uncompressed .npz atomically; arrays maps a name to an ndarray or to (shape, dtype, chunks), where
-    chunks yields row blocks in order (so arrays larger than memory can be written)."""
+    chunks yields row blocks in order (so arrays larger than memory can be written).
+
+    arrays may also be an iterable of (name, spec) pairs, consumed in order while writing, so that an array can be
+    produced from the work that streamed the arrays before it."""
 
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for name, spec in arrays.items():
+            for name, spec in arrays.items() if isinstance(arrays, dict) else arrays:
                 shape, dtype, chunks = (spec.shape, spec.dtype, [spec]) if isinstance(spec, np.ndarray) else spec
                 dtype = np.dtype(dtype)
                 rows = 0

@@ -1,0 +1,1 @@
+"""TensorFlow Inception evaluator (IS, FID, sFID, precision, recall) for ``.npz`` sample batches."""
