@@ -4,7 +4,7 @@
 
 Each argument is GUIDANCE_SCALE=NPZ, where the npz holds arr_0 (uint8 NHWC samples) and arr_1 (the requested
 digits). Samples are turned into 8x8 gray images like the real ones (channel mean, 2x2 area downsampling to
-8x8, values 0..16), and every image (real or generated) is normalized by its own mean and standard deviation
+8x8), and every image (real or generated) is normalized by its own mean and standard deviation
 before the SVC sees it, so a colour cast or a contrast change does not decide the class. Prints a table
 (scale -> fraction recognized as the requested digit), writes results.json, table.md and one PNG grid per scale
 (row k = samples that asked for digit k).
@@ -39,13 +39,12 @@ def normalize(images: np.ndarray) -> np.ndarray:
 
 
 def to_digit_scale(samples: np.ndarray) -> np.ndarray:
-    """uint8 NHWC samples (any size divisible by 8) -> [N, 8, 8] gray values in 0..16, as the real digits."""
+    """uint8 NHWC samples (any size divisible by 8) -> [N, 8, 8] gray values in 0..255, as load_digit_arrays."""
     gray = samples.astype(np.float64).mean(axis=3)
     n, h, w = gray.shape
     if h % 8 or w % 8:
         raise ValueError(f"samples of {h}x{w} pixels cannot be area-downsampled to 8x8")
-    small = gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4))
-    return small / 255.0 * 16.0
+    return gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4))
 
 
 def train_judge():
