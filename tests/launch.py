@@ -64,3 +64,46 @@ def make_image_folder(folder, count: int = 16, size: int = 20, classes: int = 4,
         pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(os.path.join(folder, f"c{label}_{i:03d}.png"))
     return str(folder)
+
+
+def read_samples(path) -> dict:
+    """The arrays of a samples npz."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def classifier_probability(classifier_path: str, samples: dict) -> float:
+    """Mean probability a trained classifier (with its args.json) gives the requested labels (arr_1) of the final,
+    noise-free samples (arr_0)."""
+    import torch
+
+    from guided_diffusion.sampling import checkpoint_args
+    from guided_diffusion.script_util import classifier_defaults, create_classifier
+
+    args = classifier_defaults()
+    saved = checkpoint_args(classifier_path)
+    args.update({k: saved[k] for k in args})
+    classifier = create_classifier(**args)
+    classifier.load_state_dict(torch.load(classifier_path, weights_only=True))
+    classifier.eval()
+    x = torch.from_numpy(samples["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        probs = torch.softmax(classifier(x, torch.zeros(len(x), dtype=torch.long)), dim=-1)
+    return float(probs[range(len(x)), torch.from_numpy(samples["arr_1"])].mean())
+
+
+def train_tiny_checkpoints(root) -> dict:
+    """Tiny diffusion model, classifier and upsampler checkpoints (with their args.json), trained by the scripts."""
+    images = make_image_folder(os.path.join(root, "images"), count=16, size=16)
+    run_script("image_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "model"), "--batch_size", 4,
+                                  "--max_steps", 2, "--save_interval", 2, *TINY_MODEL])
+    run_script("classifier_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "classifier"),
+                                       "--batch_size", 8, "--iterations", 30, "--save_interval", 30, "--lr", 1e-3,
+                                       "--random_crop", "False", *TINY_CLASSIFIER])
+    run_script("super_res_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "sr"), "--batch_size", 2,
+                                      "--max_steps", 1, "--large_size", 64, "--small_size", 16, "--num_channels",
+                                      32, "--num_res_blocks", 1, "--attention_resolutions", 8, "--class_cond",
+                                      "True", "--num_classes", 4])
+    return {"model": os.path.join(root, "model", "model000002.pt"),
+            "classifier": os.path.join(root, "classifier", "model000030.pt"),
+            "sr": os.path.join(root, "sr", "model000001.pt"), "images": images}

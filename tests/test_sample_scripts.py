@@ -10,38 +10,11 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from guided_diffusion.sampling import checkpoint_args
-from guided_diffusion.script_util import classifier_defaults, create_classifier
-
-from launch import TINY_CLASSIFIER, TINY_MODEL, command, make_image_folder, run_script, script_env
+from launch import TINY_CLASSIFIER, classifier_probability, command, read_samples, run_script, script_env
 
 FAST = ["--timestep_respacing", "8", "--use_ddim", "True"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Tiny diffusion model, classifier and upsampler checkpoints (with their args.json)."""
-    root = tmp_path_factory.mktemp("trained")
-    images = make_image_folder(root / "images", count=16, size=16)
-    run_script("image_train.py", ["--data_dir", images, "--log_dir", root / "model", "--batch_size", 4,
-                                  "--max_steps", 2, "--save_interval", 2, *TINY_MODEL])
-    run_script("classifier_train.py", ["--data_dir", images, "--log_dir", root / "classifier", "--batch_size", 8,
-                                       "--iterations", 30, "--save_interval", 30, "--lr", 1e-3, "--random_crop",
-                                       "False", *TINY_CLASSIFIER])
-    run_script("super_res_train.py", ["--data_dir", images, "--log_dir", root / "sr", "--batch_size", 2,
-                                      "--max_steps", 1, "--large_size", 64, "--small_size", 16, "--num_channels",
-                                      32, "--num_res_blocks", 1, "--attention_resolutions", 8, "--class_cond",
-                                      "True", "--num_classes", 4])
-    return {"model": str(root / "model" / "model000002.pt"), "classifier": str(root / "classifier" / "model000030.pt"),
-            "sr": str(root / "sr" / "model000001.pt"), "images": images}
-
-
-def _samples(path):
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +27,7 @@ def base_samples(trained, tmp_path_factory):
 
 
 def test_image_sample_outputs(base_samples):
-    data = _samples(base_samples)
+    data = read_samples(base_samples)
     assert data["arr_0"].shape == (6, 16, 16, 3) and data["arr_0"].dtype == np.uint8
     assert data["arr_1"].shape == (6,) and data["arr_1"].dtype == np.int64 and set(data["arr_1"]) <= set(range(4))
     grid = Image.open(base_samples.replace(".npz", ".png"))
@@ -65,8 +38,8 @@ def test_image_sample_outputs(base_samples):
 def test_same_images_for_any_batch_size_and_process_count(trained, base_samples, tmp_path):
     run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 6, "--batch_size", 1,
                                    "--log_dir", tmp_path, "--seed", 3, *FAST], launcher="mpiexec")
-    again = _samples(tmp_path / "samples_6x16x16x3.npz")
-    first = _samples(base_samples)
+    again = read_samples(tmp_path / "samples_6x16x16x3.npz")
+    first = read_samples(base_samples)
     assert np.array_equal(first["arr_1"], again["arr_1"])
     assert np.abs(first["arr_0"].astype(int) - again["arr_0"]).max() <= 1
 
@@ -85,23 +58,9 @@ def test_rerun_resumes_a_killed_run(trained, base_samples, tmp_path):
     assert not (tmp_path / "samples_6x16x16x3.npz").exists()
     resumed = run_script("image_sample.py", args)
     assert "resuming:" in resumed.stdout
-    first, again = _samples(base_samples), _samples(tmp_path / "samples_6x16x16x3.npz")
+    first, again = read_samples(base_samples), read_samples(tmp_path / "samples_6x16x16x3.npz")
     assert np.array_equal(first["arr_1"], again["arr_1"])
     assert np.abs(first["arr_0"].astype(int) - again["arr_0"]).max() <= 1
-
-
-def _classifier_probability(trained, samples):
-    """Mean probability the trained classifier gives the requested labels on the final (t=0) samples."""
-    args = classifier_defaults()
-    saved = checkpoint_args(trained["classifier"])
-    args.update({k: saved[k] for k in args})
-    classifier = create_classifier(**args)
-    classifier.load_state_dict(torch.load(trained["classifier"], weights_only=True))
-    classifier.eval()
-    x = torch.from_numpy(samples["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        probs = torch.softmax(classifier(x, torch.zeros(len(x), dtype=torch.long)), dim=-1)
-    return float(probs[range(len(x)), torch.from_numpy(samples["arr_1"])].mean())
 
 
 @pytest.mark.parametrize("launcher", ["python", "mpiexec"])
@@ -113,9 +72,9 @@ def test_classifier_guidance_raises_the_requested_class(trained, tmp_path, launc
             "--model_path", trained["model"], "--classifier_path", trained["classifier"], "--classifier_scale",
             scale, "--num_samples", 8, "--batch_size", 4, "--classes", "0-3", "--log_dir", folder, *FAST,
         ], launcher=launcher)
-        samples = _samples(folder / "samples_8x16x16x3.npz")
+        samples = read_samples(folder / "samples_8x16x16x3.npz")
         assert list(samples["arr_1"]) == [0, 1, 2, 3, 0, 1, 2, 3]
-        probabilities[scale] = _classifier_probability(trained, samples)
+        probabilities[scale] = classifier_probability(trained["classifier"], samples)
     assert probabilities[20] > probabilities[0] + 0.05, probabilities
 
 
@@ -124,9 +83,9 @@ def test_super_res_sample_passes_labels_on(trained, base_samples, tmp_path, laun
     run_script("super_res_sample.py", ["--model_path", trained["sr"], "--base_samples", base_samples,
                                        "--num_samples", 6, "--batch_size", 2, "--log_dir", tmp_path, *FAST],
                launcher=launcher)
-    out = _samples(tmp_path / "samples_6x64x64x3.npz")
+    out = read_samples(tmp_path / "samples_6x64x64x3.npz")
     assert out["arr_0"].shape == (6, 64, 64, 3) and out["arr_0"].dtype == np.uint8
-    assert np.array_equal(out["arr_1"], _samples(base_samples)["arr_1"])
+    assert np.array_equal(out["arr_1"], read_samples(base_samples)["arr_1"])
     assert (tmp_path / "samples_6x64x64x3.png").exists()
 
 
@@ -138,8 +97,8 @@ def test_cascade_sample(trained, tmp_path, launcher):
         "--sr_model_path", trained["sr"], "--sr_flags", "--timestep_respacing 4", "--use_ddim", "True",
         "--num_samples", 3, "--batch_size", 2, "--log_dir", tmp_path,
     ], launcher=launcher)
-    base = _samples(tmp_path / "base" / "samples_3x16x16x3.npz")
-    upsampled = _samples(tmp_path / "upsampled" / "samples_3x64x64x3.npz")
+    base = read_samples(tmp_path / "base" / "samples_3x16x16x3.npz")
+    upsampled = read_samples(tmp_path / "upsampled" / "samples_3x64x64x3.npz")
     assert upsampled["arr_0"].shape == (3, 64, 64, 3)
     assert np.array_equal(base["arr_1"], upsampled["arr_1"])
     assert (tmp_path / "base" / "samples_3x16x16x3.png").exists()
@@ -172,7 +131,7 @@ def test_bad_input(trained, base_samples, tmp_path):
                   "--large_size", 64]
     fails("super_res_sample.py", wrong_size, "holds 16x16 images but the upsampler takes --small_size 32")
     unlabelled = tmp_path / "unlabelled.npz"
-    np.savez(unlabelled, _samples(base_samples)["arr_0"])
+    np.savez(unlabelled, read_samples(base_samples)["arr_0"])
     fails("super_res_sample.py", ["--model_path", trained["sr"], "--base_samples", unlabelled],
           "has no labels (arr_1) but the upsampler is class-conditional")
     other = tmp_path / "other_classifier"

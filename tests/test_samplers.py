@@ -25,7 +25,7 @@ from guided_diffusion.sampling import (
     sampling_defaults,
 )
 
-from launch import TINY_CLASSIFIER, TINY_MODEL, make_image_folder, run_script
+from launch import classifier_probability, read_samples, run_script
 
 # ----- toy models ---------------------------------------------------------------------------------------------
 
@@ -404,29 +404,6 @@ def test_defaults_keep_the_original_samplers_and_sigma_range_must_meet_the_model
 
 # ----- the scripts --------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Tiny diffusion model, classifier and upsampler checkpoints (with their args.json)."""
-    root = tmp_path_factory.mktemp("trained")
-    images = make_image_folder(root / "images", count=16, size=16)
-    run_script("image_train.py", ["--data_dir", images, "--log_dir", root / "model", "--batch_size", 4,
-                                  "--max_steps", 2, "--save_interval", 2, *TINY_MODEL])
-    run_script("classifier_train.py", ["--data_dir", images, "--log_dir", root / "classifier", "--batch_size", 8,
-                                       "--iterations", 30, "--save_interval", 30, "--lr", 1e-3, "--random_crop",
-                                       "False", *TINY_CLASSIFIER])
-    run_script("super_res_train.py", ["--data_dir", images, "--log_dir", root / "sr", "--batch_size", 2,
-                                      "--max_steps", 1, "--large_size", 64, "--small_size", 16, "--num_channels",
-                                      32, "--num_res_blocks", 1, "--attention_resolutions", 8, "--class_cond",
-                                      "True", "--num_classes", 4])
-    return {"model": str(root / "model" / "model000002.pt"), "classifier": str(root / "classifier" / "model000030.pt"),
-            "sr": str(root / "sr" / "model000001.pt")}
-
-
-def _samples(path):
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
 SCRIPT_SAMPLERS = {
     "ddpm": ["--timestep_respacing", "4"],
     "ddim": ["--timestep_respacing", "ddim4"],
@@ -451,27 +428,11 @@ def test_image_sample_with_each_sampler(trained, heun_samples, tmp_path, name):
     run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 2, "--batch_size", 2,
                                    "--classes", "0-3", "--log_dir", tmp_path, "--sampler", name,
                                    *SCRIPT_SAMPLERS[name]])
-    out = _samples(tmp_path / "samples_2x16x16x3.npz")
-    heun = _samples(heun_samples)
+    out = read_samples(tmp_path / "samples_2x16x16x3.npz")
+    heun = read_samples(heun_samples)
     assert out["arr_0"].shape == (2, 16, 16, 3) and out["arr_0"].dtype == np.uint8
     assert list(out["arr_1"]) == [0, 1]
     assert np.abs(out["arr_0"].astype(int) - heun["arr_0"][:2]).max() > 0
-
-
-def _classifier_probability(trained, samples):
-    from guided_diffusion.sampling import checkpoint_args
-    from guided_diffusion.script_util import classifier_defaults, create_classifier
-
-    args = classifier_defaults()
-    saved = checkpoint_args(trained["classifier"])
-    args.update({k: saved[k] for k in args})
-    classifier = create_classifier(**args)
-    classifier.load_state_dict(torch.load(trained["classifier"], weights_only=True))
-    classifier.eval()
-    x = torch.from_numpy(samples["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        probs = torch.softmax(classifier(x, torch.zeros(len(x), dtype=torch.long)), dim=-1)
-    return float(probs[range(len(x)), torch.from_numpy(samples["arr_1"])].mean())
 
 
 def test_classifier_sample_with_heun_raises_the_requested_class(trained, heun_samples, tmp_path):
@@ -479,19 +440,19 @@ def test_classifier_sample_with_heun_raises_the_requested_class(trained, heun_sa
                                         "--classifier_scale", 20, "--num_samples", 8, "--batch_size", 8,
                                         "--classes", "0-3", "--log_dir", tmp_path, "--sampler", "heun",
                                         *SCRIPT_SAMPLERS["heun"]])
-    guided = _samples(tmp_path / "samples_8x16x16x3.npz")
-    unguided = _samples(heun_samples)
+    guided = read_samples(tmp_path / "samples_8x16x16x3.npz")
+    unguided = read_samples(heun_samples)
     assert list(guided["arr_1"]) == list(unguided["arr_1"]) == [0, 1, 2, 3] * 2
-    assert _classifier_probability(trained, guided) > _classifier_probability(trained, unguided) + 0.05
+    assert classifier_probability(trained["classifier"], guided) > classifier_probability(trained["classifier"], unguided) + 0.05
 
 
 def test_super_res_sample_with_dpmpp_2m(trained, heun_samples, tmp_path):
     run_script("super_res_sample.py", ["--model_path", trained["sr"], "--base_samples", heun_samples,
                                        "--num_samples", 2, "--batch_size", 2, "--log_dir", tmp_path,
                                        "--sampler", "dpmpp_2m", *SCRIPT_SAMPLERS["dpmpp_2m"]])
-    out = _samples(tmp_path / "samples_2x64x64x3.npz")
+    out = read_samples(tmp_path / "samples_2x64x64x3.npz")
     assert out["arr_0"].shape == (2, 64, 64, 3)
-    assert list(out["arr_1"]) == list(_samples(heun_samples)["arr_1"][:2])
+    assert list(out["arr_1"]) == list(read_samples(heun_samples)["arr_1"][:2])
 
 
 def test_cascade_sample_with_edm_stochastic(trained, tmp_path):
@@ -500,8 +461,8 @@ def test_cascade_sample_with_edm_stochastic(trained, tmp_path):
         "--sr_model_path", trained["sr"], "--num_samples", 2, "--batch_size", 2, "--log_dir", tmp_path,
         "--sampler", "edm_stochastic", *SCRIPT_SAMPLERS["edm_stochastic"],
     ])
-    base = _samples(tmp_path / "base" / "samples_2x16x16x3.npz")
-    upsampled = _samples(tmp_path / "upsampled" / "samples_2x64x64x3.npz")
+    base = read_samples(tmp_path / "base" / "samples_2x16x16x3.npz")
+    upsampled = read_samples(tmp_path / "upsampled" / "samples_2x64x64x3.npz")
     assert upsampled["arr_0"].shape == (2, 64, 64, 3)
     assert np.array_equal(base["arr_1"], upsampled["arr_1"])
 
