@@ -9,12 +9,10 @@ Each network's architecture comes from its flag string, else from the args.json 
 Outputs go to LOG_DIR/base/ and LOG_DIR/upsampled/.
 """
 
-import argparse
 import os
 
 from guided_diffusion import cli, dist_util, logger, sampling
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     classifier_defaults,
     create_classifier,
@@ -79,9 +77,7 @@ def create_argparser():
     del defaults["model_path"]
     defaults.update(base_model_path="", base_flags="", sr_model_path="", sr_flags="", classifier_path="",
                     classifier_flags="", classifier_scale=1.0, num_samples=16, batch_size=4)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, defaults)
 
 
 if __name__ == "__main__":

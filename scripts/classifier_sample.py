@@ -5,11 +5,9 @@
         --classifier_scale 1.0 $MODEL_FLAGS $CLASSIFIER_FLAGS [--classes 0,1,2]
 """
 
-import argparse
 
 from guided_diffusion import cli, dist_util, logger, sampling
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     classifier_defaults,
     create_classifier,
@@ -65,9 +63,7 @@ def create_argparser():
     defaults.update(classifier_path="", classifier_scale=1.0)
     defaults.update(model_and_diffusion_defaults())
     defaults.update(classifier_defaults())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, defaults)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ The output, samples_{N}x{H}x{W}x3.npz in the log folder, is what evaluations/eva
 super_res_sample.py --base_samples read. Image i depends only on --seed + i.
 """
 
-import argparse
 
 from guided_diffusion import cli, dist_util, logger, sampling
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
@@ -38,9 +36,7 @@ def main():
 def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(model_and_diffusion_defaults())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, defaults)
 
 
 if __name__ == "__main__":

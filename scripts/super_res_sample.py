@@ -8,11 +8,9 @@ Labels in the base file (arr_1) condition a class-conditional upsampler. Sample 
 i % (number of base images) with noise from --seed + i.
 """
 
-import argparse
 
 from guided_diffusion import cli, dist_util, logger, sampling
 from guided_diffusion.script_util import (
-    add_dict_to_argparser,
     args_to_dict,
     sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
@@ -44,9 +42,7 @@ def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(base_samples="")
     defaults.update(sr_model_and_diffusion_defaults())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return cli.make_parser(__doc__, defaults)
 
 
 if __name__ == "__main__":
