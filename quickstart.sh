@@ -28,14 +28,7 @@ else
   train_steps=2500; classifier_steps=1500; per_digit=20; ddim=ddim50; scales="0 1 3 10"
 fi
 
-bash setup.sh
-py=.venv/bin/python
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-if command -v mpiexec >/dev/null 2>&1 && $py -c "import mpi4py" 2>/dev/null; then
-  launch=(mpiexec -n 2 --oversubscribe "$py"); ranks=2
-else
-  launch=("$py"); ranks=1; export OMP_NUM_THREADS=2
-fi
+source scripts/launcher.sh
 echo "quickstart: output in $out, launching with: ${launch[*]}"
 
 $py datasets/digits.py --out_dir "$out/digits" --image_size 16 --split train

@@ -206,7 +206,8 @@ def _hints(model: nn.Module, mine: dict, theirs: dict, evidence: dict) -> list[s
             elif want is None or now is None:
                 say(fact, f"use --class_cond {want is not None} (now {now is not None})")
             else:
-                say(fact, f"use --num_classes {want} (now {now})")
+                say(fact, f"use --num_classes {want} (now {now}), or --num_classes {want - 1} with the "
+                          f"--class_dropout_prob it was trained with (label dropout adds a null-label row)")
         elif fact == "use_scale_shift_norm":
             flag = "classifier_use_scale_shift_norm" if clf else "use_scale_shift_norm"
             say(fact, f"use --{flag} {want} (now {now})")

@@ -115,18 +115,3 @@ def classifier_guided(denoiser: Denoiser, cond_fn: Callable) -> DenoiserFn:
         return denoised + _broadcast(sigma**2, x) * c_in * gradient.to(x.dtype)
 
     return guided
-
-
-def classifier_free_guided(denoiser: DenoiserFn, scale: float, uncond_label: int) -> DenoiserFn:
-    """D_u + scale (D_c - D_u) for a model trained with label dropout (Ho & Salimans 2021): D_c with the labels
-    y, D_u with every label replaced by uncond_label, both in one batch. scale = 1 gives D_c."""
-
-    def guided(x: torch.Tensor, sigma, y: torch.Tensor, **model_kwargs) -> torch.Tensor:
-        sigma = _per_sample(sigma, x)
-        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                        y=torch.cat([y, torch.full_like(y, uncond_label)]),
-                        **{k: torch.cat([v, v]) for k, v in model_kwargs.items()})
-        cond, uncond = both.chunk(2)
-        return uncond + scale * (cond - uncond)
-
-    return guided

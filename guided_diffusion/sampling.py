@@ -35,7 +35,7 @@ from .checkpoint import load_weights
 from .denoiser import Denoiser, classifier_guided
 from .fileio import NpzArray, atomic_write, write_npz_stream
 from .rng import SampleRNG
-from .script_util import add_dict_to_argparser
+from .script_util import add_dict_to_argparser, null_label
 
 # Flags that describe a trained network (read back from args.json); the rest are choices made when sampling.
 _NOT_ARCHITECTURE = {"timestep_respacing", "use_fp16", "classifier_use_fp16", "use_checkpoint", "dropout"}
@@ -156,6 +156,41 @@ def model_fn_for(model, class_cond: bool, use_bf16: bool = False) -> Callable:
             return model(x, t, y=y if class_cond else None, **kwargs).float()
 
     return model_fn
+
+
+def classifier_free_model_fn(model_fn: Callable, scale: float, null_label: int) -> Callable:
+    """Classifier-free guidance (Ho & Salimans 2021) of a model trained with label dropout: the prediction
+    out_u + scale (out_c - out_u) from the labels y (out_c) and the null label (out_u), both in one batch.
+    The output is affine in the prediction, so every sampler sees D_u + scale (D_c - D_u) (eps, x_0 and the
+    denoiser alike); learned-variance channels are the conditional ones. scale 1 is the conditional model,
+    0 the unconditional one (a single pass)."""
+
+    def guided(x, t, y=None, **kwargs):
+        if y is None:
+            raise ValueError("classifier-free guidance needs labels y")
+        if scale == 0:
+            return model_fn(x, t, y=torch.full_like(y, null_label), **kwargs)
+        both = model_fn(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, torch.full_like(y, null_label)]),
+                        **{k: torch.cat([v, v]) for k, v in kwargs.items()})
+        cond, uncond = both.chunk(2)
+        channels = x.shape[1]
+        mixed = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
+        return torch.cat([mixed, cond[:, channels:]], dim=1)
+
+    return guided
+
+
+def guided_model_fn(model, args) -> Callable:
+    """model_fn_for the script's model, with classifier-free guidance when --cfg_scale is not 1."""
+    model_fn = model_fn_for(model, args.class_cond, args.use_bf16)
+    if args.cfg_scale == 1:
+        return model_fn
+    null = null_label(args.num_classes, args.class_dropout_prob) if args.class_cond else None
+    if null is None:
+        raise ValueError(f"--cfg_scale {args.cfg_scale} needs a class-conditional model trained with label dropout "
+                         f"(image_train.py --class_cond True --class_dropout_prob 0.1); this one has --class_cond "
+                         f"{args.class_cond} --class_dropout_prob {args.class_dropout_prob}")
+    return classifier_free_model_fn(model_fn, args.cfg_scale, null)
 
 
 def classifier_cond_fn(classifier, scale: float, use_bf16: bool = False) -> Callable:
@@ -314,6 +349,8 @@ def sampling_defaults() -> dict:
         s_tmin=0.0,
         s_tmax=math.inf,
         s_noise=1.0,
+        # Classifier-free guidance of a model trained with --class_dropout_prob > 0 (1 = off).
+        cfg_scale=1.0,
     )
 
 
@@ -330,7 +367,7 @@ def sampler_options(args) -> SamplerOptions:
 def image_batch_fn(model, diffusion, args, cond_fn=None) -> Callable:
     """make_batch(indices) for a base (non-upsampling) model: labels (when class-conditional) and noise from
     each sample's seed, optional guidance, uint8 images out."""
-    model_fn = model_fn_for(model, args.class_cond, args.use_bf16)
+    model_fn = guided_model_fn(model, args)
     labelled = args.class_cond or cond_fn is not None  # guidance of an unconditional model needs labels too
     classes = parse_classes(args.classes, args.num_classes) if labelled else None
     options = sampler_options(args)
@@ -500,6 +537,9 @@ class BaseSamples:
 def super_res_batch_fn(model, diffusion, args, base: BaseSamples) -> Callable:
     """make_batch(indices) for an upsampler: low-res input (and labels) from base sample i % count, noise from
     seed + i."""
+    if args.cfg_scale != 1:
+        raise ValueError(f"--cfg_scale {args.cfg_scale}: classifier-free guidance applies to base models trained "
+                         "with --class_dropout_prob, not to upsamplers")
     model_fn = model_fn_for(model, args.class_cond, args.use_bf16)
     options = sampler_options(args)
 

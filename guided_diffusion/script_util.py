@@ -65,6 +65,7 @@ def model_and_diffusion_defaults() -> dict:
         dropout=0.0,
         class_cond=False,
         num_classes=NUM_CLASSES,
+        class_dropout_prob=0.0,
         use_checkpoint=False,
         use_scale_shift_norm=True,
         resblock_updown=False,
@@ -119,9 +120,15 @@ def create_model_and_diffusion(
     image_size, class_cond, learn_sigma, num_channels, num_res_blocks, channel_mult, num_heads, num_head_channels,
     num_heads_upsample, attention_resolutions, dropout, diffusion_steps, noise_schedule, timestep_respacing,
     use_kl, predict_xstart, rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
-    resblock_updown, use_fp16, use_new_attention_order, num_classes=NUM_CLASSES,
+    resblock_updown, use_fp16, use_new_attention_order, num_classes=NUM_CLASSES, class_dropout_prob=0.0,
 ):
-    """A UNetModel and its (possibly respaced) GaussianDiffusion from the flags of model_and_diffusion_defaults."""
+    """A UNetModel and its (possibly respaced) GaussianDiffusion from the flags of model_and_diffusion_defaults.
+
+    class_dropout_prob > 0 (training with label dropout, for classifier-free guidance) gives the label embedding
+    one more row, the null label num_classes (see null_label)."""
+    _check_class_dropout(class_cond, class_dropout_prob)
+    if class_dropout_prob > 0:
+        num_classes += 1
     model = create_model(
         image_size, num_channels, num_res_blocks, channel_mult=channel_mult, learn_sigma=learn_sigma,
         class_cond=class_cond, use_checkpoint=use_checkpoint, attention_resolutions=attention_resolutions,
@@ -169,6 +176,20 @@ def create_model(
 def _check_num_classes(class_cond: bool, num_classes: int) -> None:
     if class_cond and num_classes < 1:
         raise ValueError(f"--num_classes must be >= 1 for a class-conditional model, got {num_classes}")
+
+
+def _check_class_dropout(class_cond: bool, class_dropout_prob: float) -> None:
+    if not 0 <= class_dropout_prob < 1:
+        raise ValueError(f"--class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
+    if class_dropout_prob > 0 and not class_cond:
+        raise ValueError(f"--class_dropout_prob {class_dropout_prob} needs a class-conditional model: add "
+                         "--class_cond True")
+
+
+def null_label(num_classes: int, class_dropout_prob: float) -> int | None:
+    """The label that stands for "no class" in a model trained with label dropout (the extra embedding row),
+    or None for a model trained without it."""
+    return num_classes if class_dropout_prob > 0 else None
 
 
 def create_classifier_and_diffusion(

@@ -9,6 +9,7 @@ loss scale, every rank's RNG state and the data position restored so that a resu
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -29,6 +30,11 @@ from .fileio import atomic_write
 from .fp16_util import MixedPrecisionTrainer
 from .nn import update_ema
 from .resample import LossAwareSampler, UniformSampler
+
+# Buffers are not re-broadcast before each forward pass (as the original); newer torch names the option anew.
+_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                           if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                           else {"broadcast_buffers": False})
 
 _STEP_RE = re.compile(r"(?:model|opt|ema_[0-9.]+_)(\d+)\.pt$")
 
@@ -170,7 +176,7 @@ class _Loop:
         if self.use_ddp:
             device = dist_util.dev()
             self.ddp_model = DDP(model, device_ids=[device] if device.type == "cuda" else None,
-                                 broadcast_buffers=False, bucket_cap_mb=128, find_unused_parameters=False)
+                                 bucket_cap_mb=128, find_unused_parameters=False, **_NO_FORWARD_BUFFER_SYNC)
         else:
             self.ddp_model = model
 
@@ -310,13 +316,21 @@ class _Loop:
 
 
 class TrainLoop(_Loop):
-    """Trains a diffusion model with diffusion.training_losses, timesteps from a schedule sampler."""
+    """Trains a diffusion model with diffusion.training_losses, timesteps from a schedule sampler.
+
+    label_dropout > 0 replaces each label by null_label with that probability (Ho & Salimans 2021), so that one
+    network learns the conditional and the unconditional model for classifier-free guidance."""
 
     def __init__(self, *, model, diffusion, data, batch_size, microbatch, lr, ema_rate, log_interval,
                  save_interval, resume_checkpoint, use_fp16=False, fp16_scale_growth=1e-3, schedule_sampler=None,
-                 weight_decay=0.0, lr_anneal_steps=0, use_bf16=False, max_steps=0):
+                 weight_decay=0.0, lr_anneal_steps=0, use_bf16=False, max_steps=0, label_dropout=0.0,
+                 null_label=None):
+        if label_dropout > 0 and null_label is None:
+            raise ValueError("label dropout needs the model's null label")
         self.diffusion = diffusion
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        self.label_dropout = label_dropout
+        self.null_label = null_label
         super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr,
                          ema_rate=ema_rate, log_interval=log_interval, save_interval=save_interval,
                          resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, use_bf16=use_bf16,
@@ -336,6 +350,9 @@ class TrainLoop(_Loop):
         device = dist_util.dev()
         batch = batch.to(device)
         cond = {k: v.to(device) for k, v in cond.items()}
+        if self.label_dropout > 0 and "y" in cond:
+            dropped = torch.rand(len(cond["y"]), device=device) < self.label_dropout
+            cond["y"] = cond["y"].masked_fill(dropped, self.null_label)
         keys = sorted(cond)
         for last, (micro, *micro_cond) in self._microbatches(batch, *(cond[k] for k in keys)):
             micro_cond = dict(zip(keys, micro_cond))
@@ -424,7 +441,8 @@ class ClassifierTrainLoop(_Loop):
                 self.mp_trainer.backward(loss.mean() * (len(sub_batch) / len(batch)))
 
 
-def train_diffusion_from_args(args, model, diffusion, make_data) -> None:
+def train_diffusion_from_args(args, model, diffusion, make_data, label_dropout: float = 0.0,
+                              null_label: int | None = None) -> None:
     """What image_train.py and super_res_train.py share: resolve --resume_checkpoint, open the data stream at
     the resumed position (make_data(start_batch)), and run a TrainLoop with the script's flags."""
     from .resample import create_named_schedule_sampler
@@ -438,5 +456,5 @@ def train_diffusion_from_args(args, model, diffusion, make_data) -> None:
         resume_checkpoint=resume, use_fp16=args.use_fp16, fp16_scale_growth=args.fp16_scale_growth,
         schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, use_bf16=args.use_bf16,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps, label_dropout=label_dropout, null_label=null_label,
     ).run_loop()

@@ -39,6 +39,7 @@ def main():
     base = stage_args(args, model_and_diffusion_defaults(), args.base_flags, args.base_model_path,
                       "base_model_path")
     sr = stage_args(args, sr_model_and_diffusion_defaults(), args.sr_flags, args.sr_model_path, "sr_model_path")
+    sr.cfg_scale = 1.0  # classifier-free guidance steers the base stage
     if sr.small_size != base.image_size:
         raise ValueError(f"the base model makes {base.image_size}x{base.image_size} images but the upsampler takes "
                          f"--small_size {sr.small_size}")

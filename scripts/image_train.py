@@ -2,6 +2,9 @@
 
     mpiexec -n N python scripts/image_train.py --data_dir DIR $MODEL_FLAGS $DIFFUSION_FLAGS $TRAIN_FLAGS
     (or torchrun --nproc_per_node N ..., or plain python)
+
+With --class_cond True --class_dropout_prob 0.1 the model also learns the unconditional model (label dropout),
+for classifier-free guidance at sampling time (image_sample.py --cfg_scale).
 """
 
 from guided_diffusion import cli, dist_util, logger
@@ -10,6 +13,7 @@ from guided_diffusion.script_util import (
     args_to_dict,
     create_model_and_diffusion,
     model_and_diffusion_defaults,
+    null_label,
 )
 from guided_diffusion.train_util import train_diffusion_from_args
 
@@ -31,7 +35,8 @@ def main():
             num_workers=args.num_workers, start_batch=start_batch,
         )
 
-    train_diffusion_from_args(args, model, diffusion, make_data)
+    train_diffusion_from_args(args, model, diffusion, make_data, label_dropout=args.class_dropout_prob,
+                              null_label=null_label(args.num_classes, args.class_dropout_prob))
 
 
 def create_argparser():

@@ -98,7 +98,7 @@ def _mismatch(kind: str, flags: str, changes: dict, name: str) -> str:
         (dict(num_channels=128), "input_blocks.0.0.weight is [192,3,3,3] in the checkpoint: use --num_channels 192 (now 128)"),
         (dict(learn_sigma=False), "out.2.weight is [6,192,3,3] in the checkpoint: use --learn_sigma True (now False)"),
         (dict(class_cond=False), "label_emb.weight is [1000,768] in the checkpoint: use --class_cond True (now False)"),
-        (dict(num_classes=10), "use --num_classes 1000 (now 10)"),
+        (dict(num_classes=10), "use --num_classes 1000 (now 10), or --num_classes 999 with the --class_dropout_prob"),
         (dict(num_res_blocks=2), "use --num_res_blocks 3 (now 2)"),
         (dict(attention_resolutions="16,8"), "use --attention_resolutions 32,16,8 (now 16,8)"),
         (dict(resblock_updown=False), "use --resblock_updown True (now False)"),

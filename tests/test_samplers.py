@@ -13,7 +13,7 @@ import torch
 
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion import samplers
-from guided_diffusion.denoiser import Denoiser, classifier_free_guided, classifier_guided
+from guided_diffusion.denoiser import Denoiser, classifier_guided
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.rng import SampleRNG
 from guided_diffusion.sampling import (
@@ -342,33 +342,6 @@ def test_classifier_guidance_with_the_exact_classifier_gives_the_class_condition
         probability[scale] = float(torch.softmax(classifier(samples, torch.zeros(200, dtype=torch.long)), 1)[:, 0]
                                    .mean())
     assert probability[0.0] < 0.5 and probability[1.0] > 0.95, probability
-
-
-def test_classifier_free_guidance_hook():
-    def denoiser(x, sigma, y):
-        assert x.shape[0] == 4 and torch.equal(y, torch.tensor([1, 2, 9, 9]))
-        return x * torch.as_tensor(sigma).reshape(-1, 1) + y[:, None].float()
-
-    x, y = torch.ones(2, 3, dtype=torch.float64), torch.tensor([1, 2])
-    sigma = torch.tensor([0.5, 2.0], dtype=torch.float64)
-    cond = x * sigma[:, None] + y[:, None].float()
-    uncond = x * sigma[:, None] + 9.0
-    for scale in (0.0, 1.0, 3.0):
-        got = classifier_free_guided(denoiser, scale, uncond_label=9)(x, sigma, y=y)
-        assert torch.allclose(got, uncond + scale * (cond - uncond))
-    # On a real denoiser, through a sampler: scale 1 is the conditional model.
-    torch.manual_seed(0)
-    net = TinyNet(out_channels=3, num_classes=10)
-    den = Denoiser(_diffusion(steps=20, var=gd.ModelVarType.FIXED_LARGE), net)
-    cfg = classifier_free_guided(den, 1.0, uncond_label=9)
-    labels = torch.tensor([3, 4])
-    x_T = torch.randn(2, 3, 4, 4, dtype=torch.float64) * 5
-    sigmas = noise_levels(den, SamplerOptions(steps=4))
-    a = samplers.sample_heun(lambda x, s: cfg(x, s, y=labels), x_T, sigmas)
-    b = samplers.sample_heun(lambda x, s: den(x, s, y=labels), x_T, sigmas)
-    assert torch.allclose(a, b, atol=1e-6)
-    assert not torch.allclose(den(x_T, 3.0, y=labels), den(x_T, 3.0, y=torch.tensor([9, 9])))
-    assert classifier_guided(den, lambda x, t, **_: torch.zeros_like(x))(x_T, 3.0, y=labels).shape == x_T.shape
 
 
 # ----- options ------------------------------------------------------------------------------------------------
