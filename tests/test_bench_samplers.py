@@ -1,0 +1,44 @@
+"""The sampler benchmark's conclusions rest on its closed-form denoiser and exact ODE solutions: check both."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import bench_samplers  # noqa: E402
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_mixture_denoiser_is_tweedies_formula(multiscale):
+    """D(x; sigma) = x + sigma^2 grad log p_sigma(x), with p_sigma the mixture convolved with N(0, sigma^2 I)
+    evaluated directly from full covariance matrices."""
+    mixture = bench_samplers.GaussianMixture(seed=3, multiscale=multiscale)
+    covs = mixture.q @ torch.diag_embed(mixture.lam) @ mixture.q.transpose(1, 2)
+    x = mixture.sample(64, seed=4) + 0.3 * torch.randn(64, 4, generator=torch.Generator().manual_seed(5),
+                                                         dtype=torch.float64)
+    for sigma in (0.01, 0.2, 3.0):
+        xg = x.clone().requires_grad_(True)
+        components = torch.distributions.MultivariateNormal(mixture.means, covs + sigma**2 * torch.eye(4))
+        log_p = torch.logsumexp(components.log_prob(xg[:, None]) + mixture.weights.log(), dim=1)
+        (score,) = torch.autograd.grad(log_p.sum(), xg)
+        expected = x + sigma**2 * score
+        got = mixture.denoise(x, torch.full((64,), sigma, dtype=torch.float64))
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)  # float64; the Cholesky path loses ~1e-8
+
+
+def test_exact_ode_solution_is_converged_and_samples_match_the_moments():
+    bench = bench_samplers.Bench(300, floor=False)
+    sigma = 80.0
+    exact = bench.exact_solution(sigma)
+    denoiser = bench_samplers.Denoiser(bench.diffusion(""), bench.model, fractional=True)
+    sigmas = bench_samplers.samplers.append_zero(bench_samplers.samplers.karras_sigmas(300, denoiser.sigma_min, sigma))
+    coarser = bench_samplers.samplers.sample_dpmpp_2m(denoiser, bench.start_noise * math.sqrt(sigma**2 + 1), sigmas)
+    assert float((coarser - exact).norm(dim=1).pow(2).mean().sqrt()) < 1e-3
+    # The ODE maps noise to the data: its solutions' moments lie within sampling error of the mixture's.
+    assert float((exact.mean(0) - bench.truth.mean).norm()) < 0.1
+    assert float((torch.cov(exact.T) - bench.truth.cov).norm()) < 0.1
