@@ -39,7 +39,12 @@ from guided_diffusion.sampling import (
     noise_levels,
     run_sampler,
 )
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool
+from guided_diffusion.script_util import (
+    create_gaussian_diffusion,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+    str2bool,
+)
 
 RUNS = [("ddim", n) for n in (25, 50, 100, 250)] + [("euler", n) for n in (35, 100)] + \
        [("heun", n) for n in (13, 18, 25, 50)] + [("dpmpp_2m", n) for n in (15, 25, 35, 50)]
@@ -67,7 +72,12 @@ class Network:
         self.calls = 0
 
     def diffusion(self, respacing: str = ""):
-        return create_model_and_diffusion(**{**self.flags, "timestep_respacing": respacing})[1]
+        """The model's process, respaced: only the schedule is built, not another network."""
+        f = self.flags
+        return create_gaussian_diffusion(
+            steps=f["diffusion_steps"], learn_sigma=f["learn_sigma"], noise_schedule=f["noise_schedule"],
+            use_kl=f["use_kl"], predict_xstart=f["predict_xstart"], rescale_timesteps=f["rescale_timesteps"],
+            rescale_learned_sigmas=f["rescale_learned_sigmas"], timestep_respacing=respacing)
 
     def sample(self, options: SamplerOptions, respacing: str = "") -> torch.Tensor:
         def counted(x, t, **kwargs):
