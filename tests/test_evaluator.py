@@ -624,42 +624,21 @@ def test_error_missing_file(capsys, tmp_path, good_pair):
     assert_error(capsys, [ref, tmp_path / "nope.npz", *extra], tmp_path / "nope.npz", "no such file")
 
 
-def test_error_npz_without_arr_0(capsys, tmp_path, good_pair):
+@pytest.mark.parametrize("arrays, fragments", [
+    ({"images": np.zeros((5, 8, 8, 3), np.uint8)}, ("no 'arr_0'", "images")),
+    ({"arr_0": np.zeros((5, 8, 8, 3), np.float32)}, ("float32", "(x + 1) * 127.5")),
+    ({"arr_0": np.zeros((5, 3, 8, 8), np.uint8)}, ("NCHW",)),
+    ({"arr_0": np.zeros((5, 8, 8), np.uint8)}, ("(5, 8, 8)",)),
+    ({"arr_0": np.zeros((5, 8, 8, 4), np.uint8)}, ("3 channels",)),
+    ({"arr_0": np.full((5, 8, 8, 3), 300, np.int64)}, ("0..255", "300")),
+    ({"arr_0": np.zeros((1, 8, 8, 3), np.uint8)}, ("1 image(s)", "at least 2")),
+], ids=["without_arr_0", "float", "nchw", "gray", "rgba", "out_of_range", "one_image"])
+def test_error_bad_sample_batch(capsys, tmp_path, good_pair, arrays, fragments):
+    """Batches the evaluator refuses, each named in the error with what was expected (and how to convert)."""
     ref, _, extra = good_pair
-    bad = tmp_path / "named.npz"
-    np.savez(bad, images=np.zeros((5, 8, 8, 3), np.uint8))
-    assert_error(capsys, [ref, bad, *extra], bad, "no 'arr_0'", "images")
-
-
-def test_error_float_arrays_are_refused_with_a_conversion_hint(capsys, tmp_path, good_pair):
-    ref, _, extra = good_pair
-    bad = tmp_path / "floats.npz"
-    np.savez(bad, np.zeros((5, 8, 8, 3), np.float32))
-    assert_error(capsys, [ref, bad, *extra], bad, "float32", "(x + 1) * 127.5")
-
-
-@pytest.mark.parametrize(
-    "shape, fragment", [((5, 3, 8, 8), "NCHW"), ((5, 8, 8), "(5, 8, 8)"), ((5, 8, 8, 4), "3 channels")]
-)
-def test_error_not_nhwc_rgb(capsys, tmp_path, good_pair, shape, fragment):
-    ref, _, extra = good_pair
-    bad = tmp_path / "shape.npz"
-    np.savez(bad, np.zeros(shape, np.uint8))
-    assert_error(capsys, [ref, bad, *extra], bad, fragment)
-
-
-def test_error_out_of_range_integers(capsys, tmp_path, good_pair):
-    ref, _, extra = good_pair
-    bad = tmp_path / "ints.npz"
-    np.savez(bad, np.full((5, 8, 8, 3), 300, np.int64))
-    assert_error(capsys, [ref, bad, *extra], bad, "0..255", "300")
-
-
-def test_error_fewer_than_two_images(capsys, tmp_path, good_pair):
-    ref, _, extra = good_pair
-    bad = tmp_path / "one.npz"
-    np.savez(bad, np.zeros((1, 8, 8, 3), np.uint8))
-    assert_error(capsys, [ref, bad, *extra], bad, "1 image(s)", "at least 2")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    assert_error(capsys, [ref, bad, *extra], bad, *fragments)
 
 
 def test_error_reference_too_small_for_precision_recall(capsys, tmp_path, good_pair):
