@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .fileio import atomic_write
+from .unet import SuperResModel
 
 
 class CheckpointMismatchError(ValueError):
@@ -178,14 +179,49 @@ def _fmt(values) -> str:
     return ",".join(str(v) for v in values)
 
 
+def _sizes_that_fit(model: nn.Module, mine: dict, theirs: dict) -> list[int]:
+    """Image sizes at which the model's flags would give the checkpoint's attention levels and channel
+    multipliers, when these differ now: the same --attention_resolutions, and the same --channel_mult or the
+    per-size default of both sizes. Empty when the difference is not one of image size alone."""
+    from .script_util import default_channel_mult
+
+    size = getattr(model, "image_size", None)
+    facts = ("attention_ds", "channel_mult")
+    if not size or any(f not in mine or f not in theirs for f in facts) or all(mine[f] == theirs[f] for f in facts):
+        return []
+    super_res = isinstance(model, SuperResModel)
+    resolutions = [size // d for d in mine["attention_ds"]]
+    fits = []
+    for other in sorted({size << k for k in range(1, 5)} | {size >> k for k in range(1, 5)}):
+        if other < 1 or any(other % r for r in resolutions):
+            continue
+        attention_fits = tuple(sorted(other // r for r in resolutions)) == tuple(theirs["attention_ds"])
+        mult_fits = mine["channel_mult"] == theirs["channel_mult"] or (
+            default_channel_mult(size, super_res) == mine["channel_mult"]
+            and default_channel_mult(other, super_res) == theirs["channel_mult"])
+        if attention_fits and mult_fits:
+            fits.append(other)
+    return fits
+
+
 def _hints(model: nn.Module, mine: dict, theirs: dict, evidence: dict) -> list[str]:
-    """One line per fact that differs: the tensor showing it and the flag value that would match."""
+    """One line per fact that differs: the tensor showing it and the flag value that would match. When the
+    attention levels or channel multipliers differ only through the image size, the size flag comes first."""
     clf = _is_classifier(model)
     image_size = getattr(model, "image_size", None)
     lines = []
+    fits = [] if clf else _sizes_that_fit(model, mine, theirs)
+    alternative = ""
+    if fits:
+        size_flag = "large_size" if isinstance(model, SuperResModel) else "image_size"
+        lines.append(f"{evidence['attention_ds']}: these flags fit the checkpoint at "
+                     f"{' or '.join(f'{s}x{s}' for s in fits)}: use --{size_flag} {' or '.join(map(str, fits))} "
+                     f"(now {image_size})")
+        alternative = f"or, keeping --{size_flag} {image_size}, "
 
     def say(fact, text):
-        lines.append(f"{evidence.get(fact, 'the checkpoint')}: {text}")
+        prefix = alternative if fact in ("attention_ds", "channel_mult") else ""
+        lines.append(f"{evidence.get(fact, 'the checkpoint')}: {prefix}{text}")
 
     for fact in ("width", "in_channels", "out_channels", "num_classes", "use_scale_shift_norm", "pool",
                  "pool_tokens", "num_res_blocks", "channel_mult", "resblock_updown", "attention_ds"):

@@ -1,6 +1,7 @@
 """Key/value and text logging to stdout, a log file, CSV, JSON lines and TensorBoard (the original API).
 
-configure() picks the folder: its argument, else $OPENAI_LOGDIR, else ./runs/<script>-<timestamp>; formats come
+configure() picks the folder: its argument, else $OPENAI_LOGDIR, else the caller's default, else
+./runs/<script>-<timestamp>; formats come
 from $OPENAI_LOG_FORMAT (default "stdout,log,csv"). Only rank 0 writes unless configure(all_ranks=True) or
 $OPENAI_LOG_FORMAT_MPI names formats for the other ranks. dumpkvs() averages values over ranks, weighted by
 how many times each was logged (a collective: every rank must call it).
@@ -211,10 +212,11 @@ def default_log_dir(script: str) -> str:
 
 
 def configure(dir: str | None = None, format_strs=None, log_suffix: str = "", all_ranks: bool = False,
-              script: str | None = None) -> str:
-    """Start logging into a folder (see the module docstring for defaults); returns the folder."""
+              script: str | None = None, default: str | None = None) -> str:
+    """Start logging into `dir`, else $OPENAI_LOGDIR, else `default`, else ./runs/<script>-<timestamp>; returns
+    the folder."""
     global _current
-    folder = dir or os.environ.get("OPENAI_LOGDIR") or default_log_dir(script or _script_name())
+    folder = dir or os.environ.get("OPENAI_LOGDIR") or default or default_log_dir(script or _script_name())
     folder = os.path.expanduser(folder)
     rank = _rank()
     if format_strs is None:

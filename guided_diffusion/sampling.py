@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import dist_util, logger, samplers
+from . import cli, dist_util, logger, samplers
 from .checkpoint import load_weights
 from .denoiser import Denoiser, classifier_guided
 from .fileio import NpzArray, atomic_write, write_npz_stream
@@ -78,13 +78,10 @@ def apply_checkpoint_args(args, path: str, keys, explicit: set[str], flag: str) 
 
 def namespace_from_flags(defaults: dict, flags: str, checkpoint: str, flag: str) -> argparse.Namespace:
     """Flags for one network of a pipeline: defaults, then its args.json, then the flag string (which wins)."""
-    parser = argparse.ArgumentParser(prog=f"--{flag} flags", add_help=False)
+    parser = cli.RaisingParser(prog=f"the flags {flags!r} for {checkpoint}", add_help=False)
     add_dict_to_argparser(parser, defaults)
     tokens = shlex.split(flags)
-    try:
-        args = parser.parse_args(tokens)
-    except SystemExit:
-        raise ValueError(f"cannot parse the flags {flags!r} for {checkpoint}") from None
+    args = parser.parse_args(tokens)
     apply_checkpoint_args(args, checkpoint, defaults, explicit_flags(tokens), flag)
     return args
 
@@ -104,6 +101,11 @@ def default_log_dir(script: str, args, ignore=("batch_size", "log_dir", "grid", 
     names = [os.path.splitext(os.path.basename(v))[0] for k, v in sorted(relevant.items())
              if k.endswith("model_path") and v]
     return os.path.join("runs", "-".join([script, *names[:1], digest]))
+
+
+def configure_logging(script: str, args) -> str:
+    """Log into --log_dir, else $OPENAI_LOGDIR, else runs/<script>-<checkpoint>-<hash>; returns the folder."""
+    return logger.configure(dir=args.log_dir or None, default=default_log_dir(script, args))
 
 
 def parse_classes(spec: str, num_classes: int) -> list[int] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
@@ -81,6 +82,11 @@ def classifier_and_diffusion_defaults() -> dict:
     res = classifier_defaults()
     res.update(diffusion_defaults())
     return res
+
+
+def default_channel_mult(image_size: int, super_res: bool = False) -> tuple | None:
+    """The channel multipliers the released models use at this image size (None for other sizes)."""
+    return (_SR_CHANNEL_MULT if super_res else _UNET_CHANNEL_MULT).get(image_size)
 
 
 def parse_channel_mult(spec: str, image_size: int, table: dict, flag: str = "channel_mult") -> tuple:
@@ -340,14 +346,69 @@ def create_gaussian_diffusion(
     )
 
 
+# The allowed range of float flags beyond "finite": (lowest, lowest included, highest, highest included).
+_FLOAT_RANGES = {
+    "dropout": (0.0, True, 1.0, False),
+    "class_dropout_prob": (0.0, True, 1.0, False),
+    "eta": (0.0, True, math.inf, False),
+    "sigma_min": (0.0, False, math.inf, False),
+    "sigma_max": (0.0, False, math.inf, False),
+    "rho": (0.0, False, math.inf, False),
+    "s_churn": (0.0, True, math.inf, False),
+    "s_tmin": (0.0, True, math.inf, False),
+    "s_tmax": (0.0, True, math.inf, True),  # inf (the default) means no upper bound on churn
+    "s_noise": (0.0, False, math.inf, False),
+    "lr": (0.0, False, math.inf, False),
+    "weight_decay": (0.0, True, math.inf, False),
+    "fp16_scale_growth": (0.0, True, math.inf, False),
+}
+
+
+def float_flag(name: str):
+    """An argparse type for --name: a float that is finite (unless its range admits inf) and inside its range."""
+    low, low_in, high, high_in = _FLOAT_RANGES.get(name, (-math.inf, False, math.inf, False))
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+        if not inside:
+            lower = f"{'[' if low_in else '('}{low:g}"
+            upper = f"{high:g}{']' if high_in else ')'}"
+            wanted = "a finite number" if (low, high) == (-math.inf, math.inf) else f"a number in {lower}, {upper}"
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "float"  # argparse names the type in its messages
+    return parse
+
+
+def _ema_rate_flag(text: str) -> str:
+    """--ema_rate: comma-separated rates in [0, 1), kept as the string the original passes on."""
+    from .train_util import parse_ema_rates
+
+    try:
+        parse_ema_rates(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+    return text
+
+
 def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict) -> None:
-    """Add a --key flag for every entry, typed like its default (booleans parsed by str2bool)."""
+    """Add a --key flag for every entry, typed like its default (booleans parsed by str2bool, floats checked
+    to be finite and inside their range)."""
     for k, v in default_dict.items():
         v_type = type(v)
         if v is None:
             v_type = str
         elif isinstance(v, bool):
             v_type = str2bool
+        elif isinstance(v, float):
+            v_type = float_flag(k)
+        elif k == "ema_rate":
+            v_type = _ema_rate_flag
         parser.add_argument(f"--{k}", default=v, type=v_type)
 
 

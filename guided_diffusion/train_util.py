@@ -48,13 +48,17 @@ def parse_resume_step_from_filename(filename: str) -> int:
 def parse_ema_rates(ema_rate) -> list[float]:
     """EMA rates from "0.9999,0.999" (or a float, or a list)."""
     if isinstance(ema_rate, (int, float)):
-        return [float(ema_rate)]
-    if isinstance(ema_rate, str):
+        rates = [float(ema_rate)]
+    elif isinstance(ema_rate, str):
         try:
-            return [float(x) for x in ema_rate.split(",") if x.strip()]
+            rates = [float(x) for x in ema_rate.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--ema_rate {ema_rate!r}: expected comma-separated rates like 0.9999,0.999") from None
-    return [float(x) for x in ema_rate]
+    else:
+        rates = [float(x) for x in ema_rate]
+    if not all(0 <= r < 1 for r in rates):  # also refuses nan
+        raise ValueError(f"--ema_rate {ema_rate!r}: each rate must lie in [0, 1)")
+    return rates
 
 
 def _complete_steps(folder: str, ema_rates: list[float]) -> list[int]:

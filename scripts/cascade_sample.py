@@ -44,7 +44,7 @@ def main():
         raise ValueError(f"the base model makes {base.image_size}x{base.image_size} images but the upsampler takes "
                          f"--small_size {sr.small_size}")
     dist_util.setup_dist()
-    folder = logger.configure(dir=args.log_dir or sampling.default_log_dir("cascade_sample", args))
+    folder = sampling.configure_logging("cascade_sample", args)
 
     model, diffusion = create_model_and_diffusion(**args_to_dict(base, model_and_diffusion_defaults().keys()))
     sampling.load_network(model, args.base_model_path, "base_model_path", base.use_fp16)

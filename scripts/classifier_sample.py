@@ -26,7 +26,7 @@ def main():
     saved = sampling.apply_checkpoint_args(args, args.classifier_path, classifier_keys, explicit, "classifier_path")
     check_classifier_matches(args, saved)
     dist_util.setup_dist()
-    logger.configure(dir=args.log_dir or sampling.default_log_dir("classifier_sample", args))
+    sampling.configure_logging("classifier_sample", args)
 
     logger.log("creating model and diffusion...")
     model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))

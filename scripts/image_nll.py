@@ -30,7 +30,7 @@ def main():
     sampling.apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(),
                                    sampling.explicit_flags(), "model_path")
     dist_util.setup_dist()
-    logger.configure(dir=args.log_dir or sampling.default_log_dir("image_nll", args))
+    sampling.configure_logging("image_nll", args)
 
     logger.log("creating model and diffusion...")
     model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))

@@ -24,7 +24,7 @@ def main():
                                    sampling.explicit_flags(), "model_path")
     base = sampling.BaseSamples(args.base_samples, args.small_size, need_labels=args.class_cond)
     dist_util.setup_dist()
-    logger.configure(dir=args.log_dir or sampling.default_log_dir("super_res_sample", args))
+    sampling.configure_logging("super_res_sample", args)
 
     logger.log("creating model...")
     model, diffusion = sr_create_model_and_diffusion(

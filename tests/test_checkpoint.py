@@ -114,6 +114,31 @@ def test_diffusion_flag_hints(changes, hint):
 
 
 @pytest.mark.parametrize(
+    "name, changes, first, then",
+    [
+        # Attention levels differ only through the size: --image_size first, the attention flag as the other way.
+        ("64x64_diffusion", dict(image_size=32, channel_mult="1,2,3,4"),
+         "use --image_size 64 (now 32)", "or, keeping --image_size 32, use --attention_resolutions 16,8,4 (now 32,16,8)"),
+        # Channel multipliers too: the per-size defaults of 64 and 128 differ.
+        ("128x128_diffusion", dict(image_size=64),
+         "use --image_size 128 (now 64)", "or, keeping --image_size 64, use --channel_mult 1,1,2,3,4 (now 1,2,3,4)"),
+    ],
+)
+def test_image_size_is_named_first_when_it_explains_the_mismatch(name, changes, first, then):
+    _, flags = _released(name)
+    lines = _mismatch("unet", flags, changes, name).splitlines()
+    assert first in lines[1] and "these flags fit the checkpoint at" in lines[1]
+    assert any(then in line for line in lines[2:])
+
+
+def test_no_image_size_hint_when_the_size_does_not_explain_it():
+    _, flags = _released("64x64_diffusion")
+    for changes in (dict(attention_resolutions="16,8"), dict(channel_mult="1,2,2,4"),
+                    dict(image_size=32, channel_mult="1,2,3,4", attention_resolutions="16,8")):
+        assert "--image_size" not in _mismatch("unet", flags, changes, "64x64_diffusion")
+
+
+@pytest.mark.parametrize(
     "changes, hint",
     [
         (dict(classifier_depth=2), "use --classifier_depth 4 (now 2)"),

@@ -401,12 +401,15 @@ def test_cli_prints_the_original_lines_and_json(tmp_path, standin_pb, ref_npz, s
     lines = [line for line in proc.stdout.splitlines() if line.split(": ")[0] in dict(evaluator.RESULTS).values()]
     assert [line.split(": ")[0] for line in lines] == ["Inception Score", "FID", "sFID", "Precision", "Recall"]
     printed = printed_metrics(proc.stdout)
-    assert json.loads(out_json.read_text()) == printed
+    assert json.loads(out_json.read_text()) == {**printed, "distance_precision": "float16"}
+    assert "float32" not in proc.stdout  # the original's rule is the default and needs no note
 
     assert printed["fid"] == pytest.approx(direct_fids["fid"], rel=1e-6)
     assert printed["sfid"] == pytest.approx(direct_fids["sfid"], rel=1e-6)
     assert printed["inception_score"] == pytest.approx(metrics.inception_score(sample_features.softmax), rel=1e-6)
-    assert (printed["precision"], printed["recall"]) == brute_force_pr(ref_features.pool, sample_features.pool)[:2]
+    # Precision and recall by default: the original's float16-first rule, as published numbers were computed.
+    original = original_pr(tensorflow_float16_distances(), ref_features.pool, sample_features.pool, 10000)
+    assert (printed["precision"], printed["recall"]) == original
 
 
 def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
@@ -445,10 +448,12 @@ def test_reference_built_from_npz_reproduces_full_statistics(capsys, tmp_path, c
 
     # Evaluating against it uses its statistics (all 300 images) for FID and its arr_0 activations for P/R,
     # without a reference feature pass.
-    code, out, err = run_main(capsys, built, sample, "--inception_path", standin_pb)
+    code, out, err = run_main(capsys, built, sample, "--inception_path", standin_pb, "--distance_precision",
+                              "float32")
     assert code == 0, err
     assert f"using the reference activations stored in {built}" in out
     assert "computing reference batch activations" not in out
+    assert "Precision and recall use exact float32 k-NN distances (--distance_precision float32)" in out
     (radii,) = (cache_dir / CACHE_SUBDIR).iterdir()  # only its k-NN radii are cached
     assert radii.name.endswith(".radii_float32.npz")
     printed = printed_metrics(out)
@@ -470,7 +475,7 @@ def test_reference_built_from_npz_reproduces_full_statistics(capsys, tmp_path, c
     assert "come from another Inception file" in out and "do not fit its arr_0" in out
 
 
-def test_reference_activation_cache_and_float16_cli(capsys, tmp_path, standin_pb, small_npzs, ref_features,
+def test_reference_activation_cache_and_float32_cli(capsys, tmp_path, standin_pb, small_npzs, ref_features,
                                                     sample_features):
     ref, sample = small_npzs
     cache = tmp_path / "cache"
@@ -480,20 +485,24 @@ def test_reference_activation_cache_and_float16_cli(capsys, tmp_path, standin_pb
     assert "computing reference batch activations" in cold and "cached the reference activations" in cold
     (entry,) = [p for p in (cache / CACHE_SUBDIR).iterdir() if p.name.count(".") == 1]
     radii = {p.name for p in (cache / CACHE_SUBDIR).iterdir()} - {entry.name}
-    assert radii == {f"{entry.stem}.radii_float32.npz"}
+    assert radii == {f"{entry.stem}.radii_float16.npz"}
+    float16 = original_pr(tensorflow_float16_distances(), ref_features.pool[:300], sample_features.pool[:300], 10000)
+    default = printed_metrics(cold)
+    assert (default["precision"], default["recall"]) == float16
 
-    # The second run takes the reference activations from the cache (and checks --distance_precision float16
-    # end to end): the same Inception Score and FIDs, and the original's float16 precision/recall.
-    code, warm, err = run_main(capsys, *argv, "--distance_precision", "float16")
+    # The second run takes the reference activations from the cache (and checks --distance_precision float32
+    # end to end): the same Inception Score and FIDs, the exact precision/recall, and a note saying so.
+    code, warm, err = run_main(capsys, *argv, "--distance_precision", "float32")
     assert code == 0, err
     assert f"using cached reference activations from {entry}" in warm
     assert "computing reference batch activations" not in warm
-    printed, expected = printed_metrics(warm), printed_metrics(cold)
+    assert "use exact float32 k-NN distances" in warm and "float32" not in cold
+    printed = printed_metrics(warm)
     keys = ("inception_score", "fid", "sfid")
-    assert [printed[key] for key in keys] == [expected[key] for key in keys]
-    float16 = original_pr(tensorflow_float16_distances(), ref_features.pool[:300], sample_features.pool[:300], 10000)
-    assert (printed["precision"], printed["recall"]) == float16 != (expected["precision"], expected["recall"])
-    assert (cache / CACHE_SUBDIR / f"{entry.stem}.radii_float16.npz").exists()
+    assert [printed[key] for key in keys] == [default[key] for key in keys]
+    exact = brute_force_pr(ref_features.pool[:300], sample_features.pool[:300])[:2]
+    assert (printed["precision"], printed["recall"]) == exact != float16
+    assert (cache / CACHE_SUBDIR / f"{entry.stem}.radii_float32.npz").exists()
 
 
 def test_reference_radii_are_kept_beside_the_cache_entry(tmp_path, capsys, monkeypatch, ref_features, kernels):

@@ -36,8 +36,9 @@ def test_image_sample_outputs(base_samples):
 
 
 def test_same_images_for_any_batch_size_and_process_count(trained, base_samples, tmp_path):
+    """Also: without --log_dir the samples go to $OPENAI_LOGDIR, as in the original."""
     run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 6, "--batch_size", 1,
-                                   "--log_dir", tmp_path, "--seed", 3, *FAST], launcher="mpiexec")
+                                   "--seed", 3, *FAST], launcher="mpiexec", env={"OPENAI_LOGDIR": str(tmp_path)})
     again = read_samples(tmp_path / "samples_6x16x16x3.npz")
     first = read_samples(base_samples)
     assert np.array_equal(first["arr_1"], again["arr_1"])

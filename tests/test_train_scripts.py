@@ -35,9 +35,11 @@ def _assert_same(a, b):
 
 
 def test_image_train_under_mpiexec(images, tmp_path):
+    """Logs go to $OPENAI_LOGDIR when --log_dir is not given, as in the original."""
     log_dir = str(tmp_path / "run")
-    proc = run_script("image_train.py", _train_args(images, log_dir, "--max_steps", "4"), launcher="mpiexec",
-                      env={"OPENAI_LOG_FORMAT_MPI": "log"})
+    args = _train_args(images, "", "--max_steps", "4")
+    proc = run_script("image_train.py", args, launcher="mpiexec",
+                      env={"OPENAI_LOG_FORMAT_MPI": "log", "OPENAI_LOGDIR": log_dir})
     assert proc.stdout.splitlines()[0] == f"Logging to {log_dir}"
     files = sorted(os.listdir(log_dir))
     assert files == sorted(["args.json", "log.txt", "log-rank001.txt", "progress.csv",
