@@ -4,8 +4,9 @@
 #   2. train an unconditional diffusion model (scripts/image_train.py) and a noisy classifier
 #      (scripts/classifier_train.py), data-parallel under mpiexec when it is available,
 #   3. sample with classifier guidance at several scales (scripts/classifier_sample.py, DDIM),
-#   4. judge the samples with an independent classifier (an SVC trained on the real digits) and print
-#      scale -> fraction of samples recognized as the requested digit; grids in OUT/judge/grid_scale*.png.
+#   4. judge the samples (datasets/digits_judge.py): the fraction an independent SVC reads as the requested
+#      digit, and the Fréchet distance, precision and recall against the held-out real digits, per scale;
+#      table, grids (OUT/judge/grid_*.png) and the trade-off plot (OUT/judge/tradeoff.png).
 # Usage: bash quickstart.sh [--fast] [--out DIR]     (--fast: a tiny budget, about 3 minutes)
 # A rerun resumes: finished training and sampling are not repeated.
 set -euo pipefail
@@ -25,7 +26,7 @@ done
 if [ "$fast" = 1 ]; then
   train_steps=300; classifier_steps=300; per_digit=10; ddim=ddim20; scales="0 10"
 else
-  train_steps=2500; classifier_steps=1500; per_digit=20; ddim=ddim50; scales="0 1 3 10"
+  train_steps=2500; classifier_steps=1500; per_digit=36; ddim=ddim50; scales="0 0.5 1 2 3 10"
 fi
 
 source scripts/launcher.sh
@@ -57,6 +58,7 @@ for scale in $scales; do
   pairs+=("$scale=$(printf '%s/samples_scale%s/samples_%dx16x16x3.npz' "$out" "$scale" $((10 * per_digit)))")
 done
 
-echo "quickstart: judging the samples with an SVC trained on the real digits"
-$py datasets/digits_judge.py --out_dir "$out/judge" "${pairs[@]}"
-echo "quickstart: grids in $out/judge/grid_scale*.png, numbers in $out/judge/results.json"
+echo "quickstart: judging the samples against the real digits"
+$py datasets/digits_judge.py --out_dir "$out/judge" --column "guidance scale" --plot "$out/judge/tradeoff.png" \
+  "${pairs[@]}"
+echo "quickstart: grids in $out/judge/grid_*.png, plot in $out/judge/tradeoff.png, numbers in $out/judge/results.json"

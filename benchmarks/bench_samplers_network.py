@@ -79,7 +79,8 @@ class Network:
             use_kl=f["use_kl"], predict_xstart=f["predict_xstart"], rescale_timesteps=f["rescale_timesteps"],
             rescale_learned_sigmas=f["rescale_learned_sigmas"], timestep_respacing=respacing)
 
-    def sample(self, options: SamplerOptions, respacing: str = "") -> torch.Tensor:
+    def sample(self, options: SamplerOptions, respacing: str = "", seed: int = 0) -> torch.Tensor:
+        """Samples seed .. seed + num_samples - 1 (image i from its own noise stream), in [-1, 1]."""
         def counted(x, t, **kwargs):
             self.calls += 1
             return self.model_fn(x, t, **kwargs)
@@ -89,7 +90,7 @@ class Network:
             kwargs["y"] = torch.arange(self.num_samples) % self.flags["num_classes"]
         with torch.no_grad():
             return run_sampler(self.diffusion(respacing), counted, self.shape, kwargs, None,
-                               SampleRNG(range(self.num_samples)), options).double()
+                               SampleRNG(range(seed, seed + self.num_samples)), options).double()
 
     def start_level(self, options: SamplerOptions, respacing: str) -> float:
         if options.name == "ddim":

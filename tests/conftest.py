@@ -21,3 +21,13 @@ def trained(tmp_path_factory):
     from launch import train_tiny_checkpoints
 
     return train_tiny_checkpoints(str(tmp_path_factory.mktemp("trained")))
+
+
+@pytest.fixture(scope="session")
+def digits_judge_session(tmp_path_factory):
+    """The digits judge, its feature network trained once per session into a fresh cache dir: (judge, cache)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets"))
+    from digits_judge import DigitsJudge
+
+    cache = str(tmp_path_factory.mktemp("cache"))
+    return DigitsJudge(cache=cache), cache

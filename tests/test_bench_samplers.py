@@ -31,6 +31,7 @@ def test_mixture_denoiser_is_tweedies_formula(multiscale):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)  # float64; the Cholesky path loses ~1e-8
 
 
+@pytest.mark.slow
 def test_exact_ode_solution_is_converged_and_samples_match_the_moments():
     bench = bench_samplers.Bench(300, floor=False)
     sigma = 80.0
@@ -42,3 +43,23 @@ def test_exact_ode_solution_is_converged_and_samples_match_the_moments():
     # The ODE maps noise to the data: its solutions' moments lie within sampling error of the mixture's.
     assert float((exact.mean(0) - bench.truth.mean).norm()) < 0.1
     assert float((torch.cov(exact.T) - bench.truth.cov).norm()) < 0.1
+
+
+@pytest.mark.slow
+def test_digits_sampler_benchmark_counts_evaluations_and_judges_every_seed(trained, digits_judge_session):
+    """The digits sampler study on a tiny trained checkpoint: NFE per sampler, per-seed metrics, table, plot."""
+    import bench_samplers_digits
+
+    judge, _ = digits_judge_session
+    net = bench_samplers_digits.Network(trained["model"], num_samples=8)
+    rows = bench_samplers_digits.run(net, judge, seeds=[0, 1], runs=[("ddim", 10), ("heun", 6), ("dpmpp_2m", 10)])
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("ddim", 10), ("heun", 11), ("dpmpp_2m", 10)]
+    for r in rows:
+        assert len(r["per_seed"]) == 2 and r["per_seed"][0]["fd"] != r["per_seed"][1]["fd"]  # seeds differ
+        assert r["fd"] == pytest.approx(sum(s["fd"] for s in r["per_seed"]) / 2) and r["fd_std"] > 0
+    diff, _ = bench_samplers_digits.paired_difference(rows[1], rows[0])
+    assert diff == pytest.approx(rows[1]["fd"] - rows[0]["fd"])
+    lines = bench_samplers_digits.table(rows).splitlines()  # sorted by NFE, then FD
+    assert "FD - FD of ddim-10 (paired)" in lines[0]
+    assert [line.split(" | ")[0:3] for line in lines[2:]] == [["| dpmpp_2m", "10", "10"], ["| ddim", "10", "10"],
+                                                               ["| heun", "6", "11"]]

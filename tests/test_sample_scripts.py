@@ -15,6 +15,7 @@ from PIL import Image
 from launch import TINY_CLASSIFIER, classifier_probability, command, read_samples, run_script, script_env
 
 FAST = ["--timestep_respacing", "8", "--use_ddim", "True"]
+MPIEXEC = pytest.param("mpiexec", marks=pytest.mark.mpi)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def test_image_sample_outputs(base_samples):
     assert not os.path.exists(base_samples.replace(".npz", ".parts"))
 
 
+@pytest.mark.mpi
 def test_same_images_for_any_batch_size_and_process_count(trained, base_samples, tmp_path):
     """Also: without --log_dir the samples go to $OPENAI_LOGDIR, as in the original."""
     run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 6, "--batch_size", 1,
@@ -64,7 +66,7 @@ def test_rerun_resumes_a_killed_run(trained, base_samples, tmp_path):
     assert np.abs(first["arr_0"].astype(int) - again["arr_0"]).max() <= 1
 
 
-@pytest.mark.parametrize("launcher", ["python", "mpiexec"])
+@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
 def test_classifier_guidance_raises_the_requested_class(trained, tmp_path, launcher):
     probabilities = {}
     for scale in (0, 20):
@@ -79,7 +81,7 @@ def test_classifier_guidance_raises_the_requested_class(trained, tmp_path, launc
     assert probabilities[20] > probabilities[0] + 0.05, probabilities
 
 
-@pytest.mark.parametrize("launcher", ["python", "mpiexec"])
+@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
 def test_super_res_sample_passes_labels_on(trained, base_samples, tmp_path, launcher):
     run_script("super_res_sample.py", ["--model_path", trained["sr"], "--base_samples", base_samples,
                                        "--num_samples", 6, "--batch_size", 2, "--log_dir", tmp_path, *FAST],
@@ -90,7 +92,7 @@ def test_super_res_sample_passes_labels_on(trained, base_samples, tmp_path, laun
     assert (tmp_path / "samples_6x64x64x3.png").exists()
 
 
-@pytest.mark.parametrize("launcher", ["python", "mpiexec"])
+@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
 def test_cascade_sample(trained, tmp_path, launcher):
     run_script("cascade_sample.py", [
         "--base_model_path", trained["model"], "--base_flags", "--timestep_respacing 6",
@@ -106,7 +108,7 @@ def test_cascade_sample(trained, tmp_path, launcher):
     assert (tmp_path / "upsampled" / "samples_3x64x64x3.png").exists()
 
 
-@pytest.mark.parametrize("launcher", ["python", "mpiexec"])
+@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
 def test_image_nll(trained, tmp_path, launcher):
     proc = run_script("image_nll.py", ["--model_path", trained["model"], "--data_dir", trained["images"],
                                        "--num_samples", 4, "--batch_size", 2, "--timestep_respacing", 20,

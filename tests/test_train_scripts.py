@@ -34,6 +34,7 @@ def _assert_same(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.mpi
 def test_image_train_under_mpiexec(images, tmp_path):
     """Logs go to $OPENAI_LOGDIR when --log_dir is not given, as in the original."""
     log_dir = str(tmp_path / "run")
@@ -57,6 +58,7 @@ def test_image_train_under_mpiexec(images, tmp_path):
     assert args["num_channels"] == 32 and args["class_cond"] is True
 
 
+@pytest.mark.mpi
 def test_classifier_train_under_mpiexec(images, tmp_path):
     log_dir = str(tmp_path / "clf")
     args = ["--data_dir", images, "--val_data_dir", images, "--log_dir", log_dir, "--batch_size", "4",
@@ -96,6 +98,7 @@ def _complete(log_dir, step):
     return all(os.path.exists(os.path.join(log_dir, n)) for n in names)
 
 
+@pytest.mark.slow
 def test_sigkill_after_checkpoint_then_auto_resume_is_exact(images, tmp_path):
     extra = ["--max_steps", "8", "--dropout", "0.1", "--random_crop", "True",
              "--schedule_sampler", "loss-second-moment", "--ema_rate", "0.99"]
@@ -177,6 +180,7 @@ def _rank_pid(script: str, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.mpi
 def test_dead_rank_ends_the_run(images, tmp_path):
     log_dir = str(tmp_path / "dead")
     proc = subprocess.Popen(

@@ -1,0 +1,58 @@
+"""Summarize a digits judge results.json whose set names are GROUP@SEED: per group, the mean and standard
+deviation over seeds of every metric, and FD as the paired difference to the first group (same seeds).
+
+    python benchmarks/seed_summary.py runs/.../judge/results.json [--column "guidance scale"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+
+def summarize(results: dict) -> dict[str, dict]:
+    """{group: {metric: (mean, std), "fd_diff": (mean, std), "seeds": n}} in the order groups first appear."""
+    groups: dict[str, dict[str, dict]] = {}
+    for name, metrics in results.items():
+        group, sep, seed = name.rpartition("@")
+        if not sep:
+            raise SystemExit(f"set name {name!r} is not GROUP@SEED")
+        groups.setdefault(group, {})[seed] = metrics
+    first = next(iter(groups.values()))
+    out = {}
+    for group, by_seed in groups.items():
+        row = {"seeds": len(by_seed)}
+        for key in ("recognized", "fd", "precision", "recall"):
+            values = [m[key] for m in by_seed.values()]
+            row[key] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+        diffs = [m["fd"] - first[seed]["fd"] for seed, m in by_seed.items() if seed in first]
+        row["fd_diff"] = (float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0)
+        out[group] = row
+    return out
+
+
+def table(summary: dict, column: str) -> str:
+    first = next(iter(summary))
+    lines = [f"| {column} | recognized | FD | FD - FD at {first} (paired) | precision | recall | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for group, r in summary.items():
+        lines.append(f"| {group} | {100 * r['recognized'][0]:.1f} ± {100 * r['recognized'][1]:.1f}% | "
+                     f"{r['fd'][0]:.1f} ± {r['fd'][1]:.1f} | {r['fd_diff'][0]:+.1f} ± {r['fd_diff'][1]:.1f} | "
+                     f"{r['precision'][0]:.3f} ± {r['precision'][1]:.3f} | {r['recall'][0]:.3f} ± {r['recall'][1]:.3f} | "
+                     f"{r['seeds']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="results.json of datasets/digits_judge.py")
+    parser.add_argument("--column", default="group")
+    args = parser.parse_args()
+    with open(args.results) as f:
+        print(table(summarize(json.load(f)), args.column))
+
+
+if __name__ == "__main__":
+    main()
