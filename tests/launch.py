@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -107,3 +108,15 @@ def train_tiny_checkpoints(root) -> dict:
     return {"model": os.path.join(root, "model", "model000002.pt"),
             "classifier": os.path.join(root, "classifier", "model000030.pt"),
             "sr": os.path.join(root, "sr", "model000001.pt"), "images": images}
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Poll condition() until true; fail the test if proc exits first or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process exited with {proc.returncode} before {what}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no {what} after {timeout:.0f} s")
+        time.sleep(0.01)

@@ -6,13 +6,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from launch import TINY_CLASSIFIER, classifier_probability, command, read_samples, run_script, script_env
+from launch import TINY_CLASSIFIER, classifier_probability, command, read_samples, run_script, script_env, wait_for
 
 FAST = ["--timestep_respacing", "8", "--use_ddim", "True"]
 MPIEXEC = pytest.param("mpiexec", marks=pytest.mark.mpi)
@@ -53,9 +52,7 @@ def test_rerun_resumes_a_killed_run(trained, base_samples, tmp_path):
     proc = subprocess.Popen(command("image_sample.py", [str(a) for a in args]), env=script_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "samples_6x16x16x3.parts"
-    deadline = time.time() + 120
-    while not (parts.exists() and len(list(parts.glob("part_*.npz"))) >= 2) and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: parts.exists() and len(list(parts.glob("part_*.npz"))) >= 2, proc, "two finished part files")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "samples_6x16x16x3.npz").exists()

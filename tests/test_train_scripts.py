@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
 
-from launch import TINY_CLASSIFIER, TINY_MODEL, command, make_image_folder, run_script, script_env
+from launch import TINY_CLASSIFIER, TINY_MODEL, command, make_image_folder, run_script, script_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +107,7 @@ def test_sigkill_after_checkpoint_then_auto_resume_is_exact(images, tmp_path):
     killed = str(tmp_path / "killed")
     proc = subprocess.Popen(command("image_train.py", _train_args(images, killed, *extra)), env=script_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not os.path.exists(os.path.join(killed, "opt000002.pt")) and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: os.path.exists(os.path.join(killed, "opt000002.pt")), proc, "checkpoint at step 2")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.exists(os.path.join(killed, "model000008.pt"))
@@ -187,9 +184,7 @@ def test_dead_rank_ends_the_run(images, tmp_path):
         command("image_train.py", _train_args(images, log_dir, "--max_steps", "100000", "--save_interval", "100000"),
                 launcher="mpiexec"), env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while not os.path.exists(os.path.join(log_dir, "progress.csv")) and time.time() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: os.path.exists(os.path.join(log_dir, "progress.csv")), proc, "progress.csv")
         pid = _rank_pid("image_train.py", 1)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
