@@ -8,20 +8,21 @@ Beside it, ``<key>.radii_<precision>.npz`` keeps the reference's k-NN radii for 
 Files are written atomically; an unreadable or inconsistent one is ignored and rebuilt.
 """
 
+from __future__ import annotations
+
 import hashlib
 import sys
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from evaluations.npz_io import ACTS_KEYS, STATS_KEYS
 from guided_diffusion.fileio import write_npz_stream
 
-Activations = Tuple[np.ndarray, np.ndarray]
-Stats = Dict[str, np.ndarray]
+Activations = tuple[np.ndarray, np.ndarray]
+Stats = dict[str, np.ndarray]
 CACHE_SUBDIR = "reference_activations"
 READ_CHUNK = 1 << 23
 
@@ -61,7 +62,7 @@ def radii_entry(entry: Path, precision: str) -> Path:
     return entry.with_name(f"{entry.stem}.radii_{precision}.npz")
 
 
-def _read(path: Path) -> Optional[Dict[str, np.ndarray]]:
+def _read(path: Path) -> dict[str, np.ndarray] | None:
     """All arrays of a cache file, or None if there is none or it cannot be read (reported)."""
     if not path.exists():
         return None
@@ -77,7 +78,7 @@ def _misfit(path: Path) -> None:
     print(f"warning: ignoring the activation cache entry {path}: it does not fit the reference", file=sys.stderr)
 
 
-def _write(path: Path, arrays: Dict[str, np.ndarray]) -> bool:
+def _write(path: Path, arrays: dict[str, np.ndarray]) -> bool:
     """Write a cache file atomically; a cache that cannot be written only costs a warning."""
     try:
         write_npz_stream(str(path), arrays)
@@ -87,7 +88,7 @@ def _write(path: Path, arrays: Dict[str, np.ndarray]) -> bool:
     return True
 
 
-def load_entry(entry: Path, count: int) -> Optional[Tuple[Activations, Optional[Stats]]]:
+def load_entry(entry: Path, count: int) -> tuple[Activations, Stats | None] | None:
     """The cached activations of ``count`` images and their statistics if stored; None without a usable entry."""
     arrays = _read(entry)
     if arrays is None:
@@ -100,7 +101,7 @@ def load_entry(entry: Path, count: int) -> Optional[Tuple[Activations, Optional[
     return acts, stats
 
 
-def store_entry(entry: Path, acts: Activations, stats: Optional[Stats]) -> None:
+def store_entry(entry: Path, acts: Activations, stats: Stats | None) -> None:
     """Keep the activations (and statistics) of a reference, dropping radii derived from an earlier entry."""
     if _write(entry, {**dict(zip(ACTS_KEYS, acts)), **(stats or {})}):
         for stale in entry.parent.glob(f"{entry.stem}.radii_*.npz"):
@@ -108,7 +109,7 @@ def store_entry(entry: Path, acts: Activations, stats: Optional[Stats]) -> None:
         print(f"cached the reference activations in {entry}")
 
 
-def load_radii(path: Path, count: int) -> Optional[np.ndarray]:
+def load_radii(path: Path, count: int) -> np.ndarray | None:
     """Cached k-NN radii of ``count`` reference images, or None without a usable file."""
     radii = (_read(path) or {}).get("radii")
     if radii is None:

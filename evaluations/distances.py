@@ -10,7 +10,9 @@ coverage flags come back.
 * ``NumpyDistances``: the same reductions in numpy float64, for small sets without TensorFlow.
 """
 
-from typing import Any, Callable, Optional, Tuple
+from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,7 +59,7 @@ class DistanceGraph:
         config.gpu_options.allow_growth = True
         self._session = v1.Session(graph=graph, config=config)
 
-    def nearest(self, x: np.ndarray, y: np.ndarray, k: int, both: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def nearest(self, x: np.ndarray, y: np.ndarray, k: int, both: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The ``k`` smallest squared distances (ascending) from each ``x`` to the ``y``s, and if ``both``, vice versa.
 
         Fewer than ``k`` come back when the other block has fewer rows.
@@ -69,7 +71,7 @@ class DistanceGraph:
 
     def covered(
         self, x: np.ndarray, x_radii: np.ndarray, y: np.ndarray, y_radii: np.ndarray
-    ) -> Tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Whether each ``x`` lies within some ``y``'s radius, and each ``y`` within some ``x``'s (squared radii)."""
         feed = {self._x: x, self._y: y, self._x_radii: x_radii, self._y_radii: y_radii}
         x_covered, y_covered = self._session.run([self._x_covered, self._y_covered], feed)
@@ -100,7 +102,7 @@ class Float16FirstDistances(DistanceGraph):
     def __init__(self) -> None:
         super().__init__(float16_first)
 
-    def nearest(self, x: np.ndarray, y: np.ndarray, k: int, both: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def nearest(self, x: np.ndarray, y: np.ndarray, k: int, both: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The ``k`` smallest distances (ascending) from each ``x`` to the ``y``s; rows only (no ``both``)."""
         if both:
             raise ValueError("float16-first distances depend on orientation: reduce rows only")
@@ -118,7 +120,7 @@ class NumpyDistances:
         x, y = x.astype(np.float64), y.astype(np.float64)
         return np.maximum((x * x).sum(1)[:, None] - 2 * x @ y.T + (y * y).sum(1)[None, :], 0.0)
 
-    def nearest(self, x: np.ndarray, y: np.ndarray, k: int, both: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def nearest(self, x: np.ndarray, y: np.ndarray, k: int, both: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The ``k`` smallest squared distances (ascending) from each ``x`` to the ``y``s, and if ``both``, vice versa."""
         squared = self._squared(x, y)
 
@@ -130,7 +132,7 @@ class NumpyDistances:
 
     def covered(
         self, x: np.ndarray, x_radii: np.ndarray, y: np.ndarray, y_radii: np.ndarray
-    ) -> Tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Whether each ``x`` lies within some ``y``'s radius, and each ``y`` within some ``x``'s (squared radii)."""
         squared = self._squared(x, y)
         return (squared <= y_radii[None, :]).any(axis=1), (squared <= x_radii[:, None]).any(axis=0)

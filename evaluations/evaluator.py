@@ -9,12 +9,13 @@ Same graph, tensors and metric definitions as guided-diffusion's ``evaluations/e
 with streamed npz reading, one feature pass per batch and eigenvalue-based Fréchet distances.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
 
 if __package__ in (None, ""):  # run as a script: put the project root (evaluations, guided_diffusion) on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,7 +53,7 @@ PR_PURPOSE = f"precision/recall (k={NEIGHBOURHOOD} nearest neighbours)"
 DISTANCE_KERNELS = {"float32": PairwiseDistances, "float16": Float16FirstDistances}
 
 
-def open_images(path: str, image_size: Optional[int] = None) -> Images:
+def open_images(path: str, image_size: int | None = None) -> Images:
     """The images of an ``.npz`` file's ``arr_0`` or of a folder of PNG/JPEG files."""
     if os.path.isdir(path):
         return FolderImages(path, image_size)
@@ -67,13 +68,13 @@ def check_count(images: Images, minimum: int, purpose: str) -> None:
         raise EvaluatorError(f"{images.path}: has {images.count} image(s); {purpose} needs at least {minimum}")
 
 
-def load_network(args: argparse.Namespace) -> Tuple[InceptionGraph, InceptionNetwork]:
+def load_network(args: argparse.Namespace) -> tuple[InceptionGraph, InceptionNetwork]:
     """Import the Inception graph (given, cached or downloaded) into a TensorFlow session."""
     graph = load_graph(args.inception_path, args.inception_url, args.cache_dir)
     return graph, InceptionNetwork(graph.graph_def, graph.source)
 
 
-def evaluate(args: argparse.Namespace) -> Dict[str, Union[float, str]]:
+def evaluate(args: argparse.Namespace) -> dict[str, float | str]:
     """The five metrics of ``args.sample_batch`` against ``args.ref_batch``, and the k-NN distance precision."""
     ref = open_images(args.ref_batch, args.image_size)
     sample = open_images(args.sample_batch, args.image_size)
@@ -132,7 +133,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse and cross-check the command line."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -196,7 +197,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 for bad input, with a one-line error on stderr)."""
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later, on first use

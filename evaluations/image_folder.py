@@ -1,7 +1,9 @@
 """A folder of PNG/JPEG images read as uint8 NHWC batches, so users can build references from their own data."""
 
+from __future__ import annotations
+
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator
 
 import numpy as np
 
@@ -26,10 +28,10 @@ def center_crop(image, size: int) -> np.ndarray:
 class FolderImages:
     """The images under a folder (recursively, sorted by path), all of one size or center-cropped to one."""
 
-    def __init__(self, path: str, image_size: Optional[int] = None):
+    def __init__(self, path: str, image_size: int | None = None):
         self.path = str(path)
         self.image_size = image_size
-        self.files: List[Path] = sorted(
+        self.files: list[Path] = sorted(
             file for file in Path(path).rglob("*") if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file()
         )
         if not self.files:

@@ -1,9 +1,11 @@
 """Inception features of image batches (pool_3, the sFID slice of mixed_6/conv, softmax) in a TF session."""
 
+from __future__ import annotations
+
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, List, Optional
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,7 +25,7 @@ class Features:
 
     pool: np.ndarray
     spatial: np.ndarray
-    softmax: Optional[np.ndarray]
+    softmax: np.ndarray | None
 
 
 def prefetch(batches: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
@@ -74,7 +76,7 @@ class InceptionNetwork:
         self._session = v1.Session(graph=self._graph, config=config)
         self._errors = tf.errors.OpError
 
-    def run(self, batch: np.ndarray, softmax: bool) -> List[np.ndarray]:
+    def run(self, batch: np.ndarray, softmax: bool) -> list[np.ndarray]:
         """pool_3, the sFID slice and (if ``softmax``) the class probabilities of one uint8 NHWC batch, per image."""
         fetches = [self._pool, self._spatial] + ([self._softmax] if softmax else [])
         try:
@@ -99,7 +101,7 @@ class FeatureCollector:
     def __init__(self, network: InceptionNetwork, count: int, softmax: bool, desc: str):
         self.network, self.count, self.softmax, self.desc = network, count, softmax, desc
         self.done = 0
-        self._outputs: Optional[List[np.ndarray]] = None
+        self._outputs: list[np.ndarray] | None = None
         self._bar = tqdm(total=count, desc=desc, unit="img")
 
     def add(self, batch: np.ndarray) -> None:

@@ -1,11 +1,13 @@
 """Finds, downloads (atomically, with a progress bar) and verifies the frozen Inception ``GraphDef``."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -98,7 +100,7 @@ def _download(url: str, target: Path) -> InceptionGraph:
         temp.unlink(missing_ok=True)
 
 
-def load_graph(path: Optional[str] = None, url: str = INCEPTION_URL, cache_dir: Optional[str] = None) -> InceptionGraph:
+def load_graph(path: str | None = None, url: str = INCEPTION_URL, cache_dir: str | None = None) -> InceptionGraph:
     """The Inception graph from ``path``, else from the cache, downloading (again) when missing or corrupt."""
     if path is not None:
         try:

@@ -1,6 +1,8 @@
 """The metrics of guided-diffusion's evaluator (IS, FID/sFID, improved precision/recall) on feature arrays."""
 
-from typing import Dict, List, Optional, Protocol, Tuple
+from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 from scipy import linalg
@@ -21,14 +23,14 @@ class DistanceKernels(Protocol):
 
     def nearest(
         self, x: np.ndarray, y: np.ndarray, k: int, both: bool
-    ) -> Tuple[np.ndarray, Optional[np.ndarray]]: ...
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
     def covered(
         self, x: np.ndarray, x_radii: np.ndarray, y: np.ndarray, y_radii: np.ndarray
-    ) -> Tuple[np.ndarray, np.ndarray]: ...
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def feature_statistics(features: np.ndarray, chunk: int = 8192) -> Tuple[np.ndarray, np.ndarray]:
+def feature_statistics(features: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance in float64 (as ``np.cov``), accumulated over row chunks to bound memory."""
     mean = features.mean(axis=0, dtype=np.float64)
     cov = np.zeros((features.shape[1], features.shape[1]))
@@ -38,7 +40,7 @@ def feature_statistics(features: np.ndarray, chunk: int = 8192) -> Tuple[np.ndar
     return mean, cov / (len(features) - 1)
 
 
-def fid_statistics(pool: np.ndarray, spatial: np.ndarray) -> Dict[str, np.ndarray]:
+def fid_statistics(pool: np.ndarray, spatial: np.ndarray) -> dict[str, np.ndarray]:
     """``mu``, ``sigma`` (pool_3) and ``mu_s``, ``sigma_s`` (sFID features), named as in reference files."""
     mu, sigma = feature_statistics(pool)
     mu_s, sigma_s = feature_statistics(spatial)
@@ -82,7 +84,7 @@ def inception_score(probs: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> float
 
 
 def manifold_radii(
-    features: np.ndarray, kernels: DistanceKernels, k: int = NEIGHBOURHOOD, block: Optional[int] = None
+    features: np.ndarray, kernels: DistanceKernels, k: int = NEIGHBOURHOOD, block: int | None = None
 ) -> np.ndarray:
     """Squared distance from each point to its k-th nearest neighbour in its own set (itself being the 0th).
 
@@ -91,7 +93,7 @@ def manifold_radii(
     """
     block = block or kernels.block
     starts = range(0, len(features), block)
-    candidates: List[List[np.ndarray]] = [[] for _ in starts]
+    candidates: list[list[np.ndarray]] = [[] for _ in starts]
     for i, row in enumerate(starts):
         for j in range(i if kernels.exact else 0, len(starts)):
             col = starts[j]
@@ -105,7 +107,7 @@ def manifold_radii(
     return np.concatenate([np.sort(np.concatenate(parts, axis=1), axis=1)[:, k] for parts in candidates])
 
 
-def _shifted(kernels: DistanceKernels, ref: np.ndarray, *others: np.ndarray) -> Tuple[np.ndarray, ...]:
+def _shifted(kernels: DistanceKernels, ref: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     """``ref`` and ``others`` shifted by the reference mean when the kernels are exact, else unchanged.
 
     Distances do not change, but the float32 expansion ``|x|^2 - 2 x.y + |y|^2`` then loses far fewer
@@ -118,7 +120,7 @@ def _shifted(kernels: DistanceKernels, ref: np.ndarray, *others: np.ndarray) -> 
 
 
 def reference_radii(
-    ref: np.ndarray, kernels: DistanceKernels, k: int = NEIGHBOURHOOD, block: Optional[int] = None
+    ref: np.ndarray, kernels: DistanceKernels, k: int = NEIGHBOURHOOD, block: int | None = None
 ) -> np.ndarray:
     """The reference set's k-NN radii exactly as ``precision_recall`` computes them (so they can be kept)."""
     (ref,) = _shifted(kernels, ref)
@@ -130,9 +132,9 @@ def precision_recall(
     sample: np.ndarray,
     kernels: DistanceKernels,
     k: int = NEIGHBOURHOOD,
-    block: Optional[int] = None,
-    ref_radii: Optional[np.ndarray] = None,
-) -> Tuple[float, float]:
+    block: int | None = None,
+    ref_radii: np.ndarray | None = None,
+) -> tuple[float, float]:
     """Improved precision (samples inside some reference k-NN ball) and recall (references inside some sample ball).
 
     ``ref_radii`` are the reference's radii from ``reference_radii`` if already known.

@@ -4,11 +4,13 @@ A sample batch of 50k images at 256x256 is ~10 GB, so ``arr_0`` is never loaded 
 read batch by batch from the zip member (stored or deflated) with ``guided_diffusion.fileio``.
 """
 
+from __future__ import annotations
+
 import os
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Iterator
 
 import numpy as np
 
@@ -37,7 +39,7 @@ def to_uint8(batch: np.ndarray, path: str) -> np.ndarray:
     return batch.astype(np.uint8)
 
 
-def check_image_array(path: str, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+def check_image_array(path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Refuse arrays that are not integer NHWC images with 3 channels (with a hint on how to fix them)."""
     if dtype.kind == "f":
         raise EvaluatorError(f"{path}: {IMAGES_KEY} has dtype {dtype}; {FLOAT_HINT}")
@@ -95,12 +97,12 @@ class NpzImages:
 class ReferenceFile:
     """What a reference npz carries besides ``arr_0``: FID statistics and activations of its images, if any."""
 
-    stats: Optional[Dict[str, np.ndarray]] = None
-    acts: Optional[Tuple[np.ndarray, np.ndarray]] = None
-    acts_graph: Optional[str] = None
+    stats: dict[str, np.ndarray] | None = None
+    acts: tuple[np.ndarray, np.ndarray] | None = None
+    acts_graph: str | None = None
 
 
-def _check_stats(path: str, stats: Dict[str, np.ndarray]) -> None:
+def _check_stats(path: str, stats: dict[str, np.ndarray]) -> None:
     for mean, cov in (("mu", "sigma"), ("mu_s", "sigma_s")):
         dim = stats[mean].shape
         if len(dim) != 1 or stats[cov].shape != dim * 2:

@@ -1,8 +1,10 @@
 """Reference-side work: its activations (stored in the file, cached, or computed) and building reference files."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple, Union
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,10 +25,10 @@ from evaluations.inception_file import InceptionGraph
 from evaluations.metrics import DistanceKernels, fid_statistics, reference_radii
 from evaluations.npz_io import ACTS_GRAPH_KEY, ACTS_KEYS, IMAGES_KEY, NpzImages, ReferenceFile
 
-Images = Union[NpzImages, FolderImages]
+Images = NpzImages | FolderImages
 
 
-def stored_activations(images: Images, reference: ReferenceFile, graph: InceptionGraph) -> Optional[Activations]:
+def stored_activations(images: Images, reference: ReferenceFile, graph: InceptionGraph) -> Activations | None:
     """The activations a reference file carries, if they fit its ``arr_0`` and came from this Inception graph."""
     if reference.acts is None:
         return None
@@ -46,7 +48,7 @@ class ReferenceFeatures:
 
     acts: Activations
     stats: Stats
-    entry: Optional[Path] = None
+    entry: Path | None = None
 
 
 def reference_features(
@@ -55,7 +57,7 @@ def reference_features(
     network: InceptionNetwork,
     graph: InceptionGraph,
     batch_size: int,
-    cache_dir: Optional[Path],
+    cache_dir: Path | None,
 ) -> ReferenceFeatures:
     """Activations of the reference images and the FID statistics to use, computing them only when needed.
 
@@ -104,7 +106,7 @@ def subset_indices(count: int, limit: int) -> np.ndarray:
 
 def reference_arrays(
     images: Images, keep: np.ndarray, network: InceptionNetwork, graph: InceptionGraph, batch_size: int
-) -> Iterator[Tuple[str, Any]]:
+) -> Iterator[tuple[str, Any]]:
     """The arrays of a reference npz, in write order, from one pass over ``images``.
 
     ``arr_0`` (the images at ``keep``) is streamed out while the same batches run through the network;

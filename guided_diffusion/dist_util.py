@@ -144,6 +144,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def all_gather_objects(obj) -> list:
+    """obj from every rank, in rank order ([obj] without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sync_params(params) -> None:
     """Copy rank 0's values of the given tensors to every rank."""
     if get_world_size() == 1:

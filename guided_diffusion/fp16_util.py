@@ -105,9 +105,15 @@ class MixedPrecisionTrainer:
 
     @staticmethod
     def _norms(params, grad_scale: float) -> tuple[float, float]:
-        grad_sq = sum(float((p.grad.float() ** 2).sum()) for p in params if p.grad is not None)
-        param_sq = sum(float((p.detach().float() ** 2).sum()) for p in params)
-        return math.sqrt(grad_sq) / grad_scale, math.sqrt(param_sq)
+        """L2 norms of all gradients (divided by grad_scale) and of all parameters: per-tensor norms from
+        torch._foreach_norm, combined on the device, one host sync."""
+        grads = [p.grad for p in params if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double()) if grads else None
+        param_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in params])).double())
+        if grad_norm is None:
+            return 0.0, float(param_norm)
+        grad_value, param_value = torch.stack([grad_norm, param_norm.to(grad_norm.device)]).tolist()
+        return grad_value / grad_scale, param_value
 
     def master_params_to_state_dict(self, master_params) -> dict:
         """A state dict of the model with the given (float32) parameter values."""

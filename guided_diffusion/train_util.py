@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
@@ -107,14 +106,6 @@ def restore_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def _gather(obj) -> list:
-    if dist_util.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist_util.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def write_args_json(args: dict, folder: str) -> None:
@@ -293,7 +284,7 @@ class _Loop:
             return
         checksum = sum(float(p.detach().double().sum()) + float(p.detach().double().abs().sum())
                        for p in self.mp_trainer.master_params)
-        sums = _gather(checksum)
+        sums = dist_util.all_gather_objects(checksum)
         if len(set(sums)) != 1:
             raise RuntimeError(f"parameters differ across ranks at step {self.step}: checksums {sums}")
         logger.log(f"parameters identical on all {len(sums)} ranks at step {self.step} (checksum {checksum:.6e})")
@@ -301,8 +292,8 @@ class _Loop:
     def save(self) -> None:
         """Write model, EMA and optimizer files for the current step (rank 0), then wait for every rank."""
         self._check_replicas()
-        rng = _gather(capture_rng_state())
-        positions = _gather(getattr(self.data, "position", None))
+        rng = dist_util.all_gather_objects(capture_rng_state())
+        positions = dist_util.all_gather_objects(getattr(self.data, "position", None))
         if dist_util.get_rank() == 0:
             for rate, params in self._ema_items():
                 save_state_dict(self.mp_trainer.master_params_to_state_dict(params),

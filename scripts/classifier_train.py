@@ -45,31 +45,18 @@ def main():
     ).run_loop()
 
 
+# The training flags the original classifier_train.py shares with image_train.py (same defaults).
+SHARED_TRAINING_FLAGS = ("data_dir", "weight_decay", "microbatch", "schedule_sampler", "resume_checkpoint",
+                         "log_interval", "save_interval", "use_bf16", "log_dir", "seed", "random_flip",
+                         "skip_bad_images", "num_workers")
+
+
 def create_argparser():
-    defaults = dict(
-        data_dir="",
-        val_data_dir="",
-        noised=True,
-        iterations=150000,
-        lr=3e-4,
-        weight_decay=0.0,
-        anneal_lr=False,
-        batch_size=4,
-        microbatch=-1,
-        schedule_sampler="uniform",
-        resume_checkpoint="",
-        log_interval=10,
-        eval_interval=5,
-        save_interval=10000,
-        # New flags (the original always cropped randomly).
-        use_bf16=False,
-        log_dir="",
-        seed=0,
-        random_crop=True,
-        random_flip=True,
-        skip_bad_images=False,
-        num_workers=1,
-    )
+    shared = cli.training_defaults()
+    defaults = {k: shared[k] for k in SHARED_TRAINING_FLAGS}
+    # Its own flags and defaults (the original always cropped randomly).
+    defaults.update(val_data_dir="", noised=True, iterations=150000, lr=3e-4, anneal_lr=False, batch_size=4,
+                    eval_interval=5, random_crop=True)
     return cli.make_parser(__doc__, defaults, classifier_and_diffusion_defaults())
 
 
