@@ -1,9 +1,9 @@
 """Key/value and text logging to stdout, a log file, CSV, JSON lines and TensorBoard (the original API).
 
 configure() picks the folder: its argument, else $OPENAI_LOGDIR, else the caller's default, else
-./runs/<script>-<timestamp>; formats come from $OPENAI_LOG_FORMAT (default "stdout,log,csv"). Only rank 0 writes unless configure(all_ranks=True) or
-$OPENAI_LOG_FORMAT_MPI names formats for the other ranks. dumpkvs() averages values over ranks, weighted by
-how many times each was logged (a collective: every rank must call it).
+./runs/<script>-<timestamp>; formats come from $OPENAI_LOG_FORMAT (default "stdout,log,csv"). Only rank 0
+writes unless configure(all_ranks=True) or $OPENAI_LOG_FORMAT_MPI names formats for the other ranks. dumpkvs()
+averages values over ranks, weighted by how many times each was logged (a collective: every rank must call it).
 """
 
 from __future__ import annotations
