@@ -20,7 +20,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,6 +27,7 @@ sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 
 from bench_samplers_network import Network, options_for  # noqa: E402
 from digits_judge import DigitsJudge  # noqa: E402
+from seed_summary import mean_std  # noqa: E402
 
 from guided_diffusion.fileio import atomic_write  # noqa: E402
 from guided_diffusion.sampling import SamplerOptions, to_uint8  # noqa: E402
@@ -57,7 +57,7 @@ def run(net: Network, judge: DigitsJudge, seeds: list[int], runs=RUNS) -> list[d
             row["per_seed"].append({k: metrics[k] for k in METRICS} | {"seconds": time.perf_counter() - began})
         for key in METRICS:
             values = [m[key] for m in row["per_seed"]]
-            row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values, ddof=1) if len(values) > 1 else 0)
+            row[key], row[f"{key}_std"] = mean_std(values)
         print(f"{name:9s} steps {steps:4d} nfe {row['nfe']:4d}  FD {row['fd']:7.2f} ± {row['fd_std']:5.2f}  "
               f"P {row['precision']:.3f}  R {row['recall']:.3f}", flush=True)
         rows.append(row)
@@ -68,7 +68,7 @@ def paired_difference(row: dict, baseline: dict) -> tuple[float, float]:
     """Mean and standard deviation over seeds of FD(row) - FD(baseline): both runs start from the same noise,
     so this difference varies far less from seed to seed than either FD."""
     diffs = [a["fd"] - b["fd"] for a, b in zip(row["per_seed"], baseline["per_seed"])]
-    return float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+    return mean_std(diffs)
 
 
 def table(rows: list[dict], baseline: tuple[str, int] = ("dpmpp_2m", 100)) -> str:

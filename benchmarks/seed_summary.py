@@ -12,6 +12,11 @@ import json
 import numpy as np
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarize(results: dict) -> dict[str, dict]:
     """{group: {metric: (mean, std), "fd_diff": (mean, std), "seeds": n}} in the order groups first appear."""
     groups: dict[str, dict[str, dict]] = {}
@@ -26,9 +31,9 @@ def summarize(results: dict) -> dict[str, dict]:
         row = {"seeds": len(by_seed)}
         for key in ("recognized", "fd", "precision", "recall"):
             values = [m[key] for m in by_seed.values()]
-            row[key] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+            row[key] = mean_std(values)
         diffs = [m["fd"] - first[seed]["fd"] for seed, m in by_seed.items() if seed in first]
-        row["fd_diff"] = (float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0)
+        row["fd_diff"] = mean_std(diffs)
         out[group] = row
     return out
 

@@ -6,8 +6,8 @@ images are reduced the same way (`reduce_images`): the mean of the three channel
 16x16 gray image; larger sizes divisible by 16 are area-averaged to 16x16. The real images are rendered exactly
 as `datasets/digits.py` exports the training data (8x8 scans upscaled with BICUBIC to 16x16 RGB).
 
-The network is trained at first use (fixed seed, deterministic on CPU, a few seconds on 2 cores) and cached
-under the cache dir ($GUIDED_DIFFUSION_CACHE, else $XDG_CACHE_HOME/guided_diffusion, else
+The network is trained at first use (fixed seed, deterministic on CPU, about 10 s on 2 cores) and cached
+under the evaluator's cache dir ($GUIDED_DIFFUSION_CACHE, else $XDG_CACHE_HOME/guided_diffusion, else
 ~/.cache/guided_diffusion) as digits_features/<key>.pt, where the key hashes the training pixels, the labels
 and every training setting, so a change to any of them trains a new network.
 """
@@ -15,6 +15,7 @@ and every training setting, so a change to any of them trains a new network.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -27,11 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+sys.path[:0] = [p for p in (HERE, os.path.dirname(HERE)) if p not in sys.path]
 
 from digits import digit_to_pil, load_digit_arrays, split_indices  # noqa: E402
 
+from evaluations.inception_file import default_cache_dir  # noqa: E402
 from guided_diffusion.fileio import atomic_write  # noqa: E402
 
 SIZE = 16  # the side the digits are trained and judged at
@@ -39,12 +40,16 @@ FEATURES = 64
 TRAINING = dict(version=1, seed=0, epochs=15, batch_size=64, lr=3e-3, weight_decay=1e-4, shift=2)
 
 
+@functools.lru_cache(maxsize=None)
 def real_images(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The split's digits as uint8 [N, 16, 16, 3] images rendered like the training data, and their labels."""
+    """The split's digits as uint8 [N, 16, 16, 3] images rendered like the training data, and their labels
+    (rendered once per process; read-only)."""
     images, labels = load_digit_arrays()
     indices = split_indices(len(images), split)
     rendered = np.stack([np.asarray(digit_to_pil(images[i], SIZE)) for i in indices])
-    return rendered, labels[indices]
+    labels = labels[indices]
+    rendered.flags.writeable = labels.flags.writeable = False
+    return rendered, labels
 
 
 def reduce_images(images: np.ndarray, source: str = "images") -> torch.Tensor:
@@ -54,7 +59,7 @@ def reduce_images(images: np.ndarray, source: str = "images") -> torch.Tensor:
     n, h, w, _ = images.shape
     if h != w or h % SIZE or n == 0:
         raise ValueError(f"{source}: expected square images whose side is a multiple of {SIZE}, got {n} of {h}x{w}")
-    gray = torch.from_numpy(images).float().mean(dim=3) / 255.0
+    gray = torch.from_numpy(images.astype(np.float32)).mean(dim=3) / 255.0
     return F.avg_pool2d(gray[:, None], h // SIZE)
 
 
@@ -93,7 +98,7 @@ def train_feature_net(epochs: int = TRAINING["epochs"], progress: bool = False) 
     (fixed seed, deterministic algorithms)."""
     settings = {**TRAINING, "epochs": epochs}
     images, labels = real_images("train")
-    x, y = reduce_images(images), torch.from_numpy(labels)
+    x, y = reduce_images(images), torch.tensor(labels)
     generator = torch.Generator().manual_seed(settings["seed"])
     with _deterministic(settings["seed"]):
         net = FeatureNet()
@@ -136,13 +141,6 @@ def accuracy(net: FeatureNet, split: str = "test") -> float:
     return float(np.mean(predicted == labels))
 
 
-def cache_dir() -> str:
-    """$GUIDED_DIFFUSION_CACHE, else $XDG_CACHE_HOME/guided_diffusion, else ~/.cache/guided_diffusion."""
-    if os.environ.get("GUIDED_DIFFUSION_CACHE"):
-        return os.environ["GUIDED_DIFFUSION_CACHE"]
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "guided_diffusion")
-
-
 def cache_key() -> str:
     """Hash of the training pixels, labels, settings and architecture: names the cached network."""
     images, labels = real_images("train")
@@ -154,9 +152,9 @@ def cache_key() -> str:
 
 
 def load_feature_net(verbose: bool = True, cache: str | None = None) -> FeatureNet:
-    """The cached network (in `cache`, default cache_dir()), or a newly trained one, then cached atomically;
-    prints its test-split accuracy."""
-    path = os.path.join(cache or cache_dir(), "digits_features", f"{cache_key()}.pt")
+    """The cached network (in `cache`, default the evaluator's cache dir), or a newly trained one, then cached
+    atomically; prints its test-split accuracy."""
+    path = os.path.join(cache or default_cache_dir(), "digits_features", f"{cache_key()}.pt")
     net = FeatureNet()
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)

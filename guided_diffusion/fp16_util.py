@@ -104,16 +104,19 @@ class MixedPrecisionTrainer:
         self.zero_grad()
 
     @staticmethod
+    @torch.no_grad()
     def _norms(params, grad_scale: float) -> tuple[float, float]:
-        """L2 norms of all gradients (divided by grad_scale) and of all parameters: per-tensor norms from
-        torch._foreach_norm, combined on the device, one host sync."""
-        grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double()) if grads else None
-        param_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in params])).double())
-        if grad_norm is None:
-            return 0.0, float(param_norm)
-        grad_value, param_value = torch.stack([grad_norm, param_norm.to(grad_norm.device)]).tolist()
-        return grad_value / grad_scale, param_value
+        """L2 norms of all gradients (divided by grad_scale) and of all parameters, from per-tensor norms
+        (torch._foreach_norm) combined on the device: one host sync."""
+
+        def total(tensors):
+            if not tensors:
+                return torch.zeros((), dtype=torch.float64, device=params[0].device)
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).double())
+
+        grad_norm, param_norm = torch.stack([total([p.grad for p in params if p.grad is not None]),
+                                             total(list(params))]).tolist()
+        return grad_norm / grad_scale, param_norm
 
     def master_params_to_state_dict(self, master_params) -> dict:
         """A state dict of the model with the given (float32) parameter values."""
