@@ -15,6 +15,8 @@ import time
 import torch
 
 from guided_diffusion import sampling
+from guided_diffusion.guidance import Guidance, classifier_cond_fn
+from guided_diffusion.sampler_dispatch import SamplerOptions, run_sampler
 from guided_diffusion.rng import SampleRNG
 from guided_diffusion.script_util import (
     classifier_defaults,
@@ -40,14 +42,14 @@ def build(image_size: int, device: torch.device):
 def seconds_per_image(args, model, classifier, respacing, use_ddim, guided, batch_size, device) -> float:
     _, diffusion = create_model_and_diffusion(**{**args, "timestep_respacing": respacing})
     model_fn = sampling.model_fn_for(model, class_cond=True)
-    cond_fn = sampling.classifier_cond_fn(classifier, 1.0) if guided else None
+    guidance = Guidance(cond_fn=classifier_cond_fn(classifier, 1.0) if guided else None)
     kwargs = {"y": torch.arange(batch_size, device=device) % 10}
-    options = sampling.SamplerOptions(use_ddim=use_ddim)
+    options = SamplerOptions(use_ddim=use_ddim)
     shape = (batch_size, 3, args["image_size"], args["image_size"])
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    sampling.run_sampler(diffusion, model_fn, shape, kwargs, cond_fn, SampleRNG(range(batch_size)), options)
+    run_sampler(diffusion, model_fn, shape, kwargs, SampleRNG(range(batch_size)), options, guidance, device=device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / batch_size

@@ -4,7 +4,7 @@
 
 The data is a Gaussian mixture in 4 dimensions with narrow, anisotropic components. Its exact eps-prediction,
 E[eps | x_t], is wrapped as the network of a discrete 1000-step cosine GaussianDiffusion (eps-predicting, as
-ADM's models), so every sampler runs through the project's own code (sampling.run_sampler) with the model's
+ADM's models), so every sampler runs through the project's own code (sampler_dispatch.run_sampler) with the model's
 errors taken out: what remains is the sampler's discretization error (plus sampling noise, shown as the floor:
 the same metrics for sets of true samples, averaged over 5 sets).
 
@@ -35,7 +35,7 @@ from guided_diffusion import samplers
 from guided_diffusion.denoiser import Denoiser
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.rng import SampleRNG
-from guided_diffusion.sampling import SamplerOptions, noise_levels, run_sampler
+from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
 
 STEPS = 1000
 DIM = 4
@@ -191,7 +191,7 @@ class Bench:
             x = rng.randn(shape, dtype=torch.float64) * math.sqrt(float(sigmas[0]) ** 2 + 1)
             samples = samplers.sample_heun(denoiser, x, sigmas)
         else:
-            samples = run_sampler(diffusion, model, shape, {}, None, rng, options)
+            samples = run_sampler(diffusion, model, shape, {}, rng, options)
         seconds = time.perf_counter() - start
         deterministic = options.name in ("euler", "heun", "dpmpp_2m") or (options.name == "ddim" and options.eta == 0)
         ode = self.ode_error(samples, start_sigma) if deterministic else math.nan

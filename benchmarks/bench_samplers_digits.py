@@ -27,10 +27,11 @@ sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 
 from bench_samplers_network import Network, options_for  # noqa: E402
 from digits_judge import DigitsJudge  # noqa: E402
-from seed_summary import mean_std  # noqa: E402
+from seed_summary import finish_plot, mean_std  # noqa: E402
 
 from guided_diffusion.fileio import atomic_write  # noqa: E402
-from guided_diffusion.sampling import SamplerOptions, to_uint8  # noqa: E402
+from guided_diffusion.sample_writer import to_uint8  # noqa: E402
+from guided_diffusion.sampler_dispatch import SamplerOptions  # noqa: E402
 
 # (sampler, steps): DDPM and DDIM step through respaced timesteps; Heun takes 2 steps - 1 evaluations.
 RUNS = [("ddpm", 250)] + [("ddim", n) for n in (10, 20, 25, 35, 50, 100)] + \
@@ -97,13 +98,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.errorbar([r["nfe"] for r in mine], [r["fd"] for r in mine], yerr=[r["fd_std"] for r in mine],
                     marker="o", capsize=3, label=name, linestyle="-" if len(mine) > 1 else "none")
     ax.set_xscale("log")
-    ax.set_xlabel("network evaluations per image")
-    ax.set_ylabel("Fréchet distance to the real test digits")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    finish_plot(fig, ax, path, "network evaluations per image", "Fréchet distance to the real test digits")
 
 
 def main() -> None:

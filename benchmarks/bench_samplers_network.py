@@ -31,14 +31,9 @@ import torch
 
 from guided_diffusion.denoiser import Denoiser
 from guided_diffusion.rng import SampleRNG
-from guided_diffusion.sampling import (
-    SamplerOptions,
-    checkpoint_args,
-    load_network,
-    model_fn_for,
-    noise_levels,
-    run_sampler,
-)
+from guided_diffusion.checkpoint_flags import checkpoint_args
+from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
+from guided_diffusion.sampling import load_network, model_fn_for
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
     create_model_and_diffusion,
@@ -89,7 +84,7 @@ class Network:
         if self.flags["class_cond"]:
             kwargs["y"] = torch.arange(self.num_samples) % self.flags["num_classes"]
         with torch.no_grad():
-            return run_sampler(self.diffusion(respacing), counted, self.shape, kwargs, None,
+            return run_sampler(self.diffusion(respacing), counted, self.shape, kwargs,
                                SampleRNG(range(seed, seed + self.num_samples)), options).double()
 
     def start_level(self, options: SamplerOptions, respacing: str) -> float:

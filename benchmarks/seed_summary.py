@@ -17,6 +17,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def finish_plot(fig, ax, path: str, xlabel: str, ylabel: str, legend_size: int = 8) -> None:
+    """Label, legend and grid the axes, then write the figure as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from guided_diffusion.fileio import atomic_write
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
 def summarize(results: dict) -> dict[str, dict]:
     """{group: {metric: (mean, std), "fd_diff": (mean, std), "seeds": n}} in the order groups first appear."""
     groups: dict[str, dict[str, dict]] = {}

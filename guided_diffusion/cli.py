@@ -16,14 +16,15 @@ import torch
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
 
-def run(main: Callable[[], None]) -> None:
-    """Run a script's main(); user errors become one line on stderr and exit code 2."""
+def run(main: Callable[[], None], script: str | None = None) -> None:
+    """Run a script's main(); user errors become one line on stderr (named after `script`, default the running
+    file) and exit code 2."""
     try:
         main()
     except USER_ERRORS as e:
         if os.environ.get("GUIDED_DIFFUSION_TRACEBACK"):
             traceback.print_exc()
-        script = os.path.basename(sys.argv[0])
+        script = script or os.path.basename(sys.argv[0])
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"{script}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,4 +1,4 @@
-"""Any trained GaussianDiffusion model seen as an EDM denoiser D(x; sigma), plus guidance in sigma space.
+"""Any trained GaussianDiffusion model seen as an EDM denoiser D(x; sigma).
 
 Karras et al. 2022 (EDM), section 2 and Table 1 ("VP" / iDDPM column, appendix C.3.4): a VP process x_t =
 sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps is the variance-exploding process x = x_t / sqrt(alpha_bar_t)
@@ -14,18 +14,7 @@ from typing import Callable
 import torch
 
 from .gaussian_diffusion import GaussianDiffusion, ModelMeanType
-
-DenoiserFn = Callable[..., torch.Tensor]
-
-
-def _per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
-    """sigma (a number, 0-d or [N] tensor) as a float64 [N] tensor on x's device."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
-    return sigma.expand(x.shape[0]).contiguous() if sigma.ndim == 0 else sigma
-
-
-def _broadcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
+from .guidance import broadcast, per_sample
 
 
 class Denoiser:
@@ -82,36 +71,27 @@ class Denoiser:
         frac = (log_sigma - log_levels[lower]) / (log_levels[upper] - log_levels[lower])
         return (trained[lower] + frac * (trained[upper] - trained[lower])).float()
 
+    @property
+    def predicts_x0(self) -> bool:
+        return self.diffusion.model_mean_type == ModelMeanType.START_X
+
+    def sigma_of_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The level u_j (float64) of the network timesteps t handed out by the process (inverse of timestep)."""
+        trained = self.trained_timesteps.to(t.device)
+        index = torch.searchsorted(trained, t.double()).clamp(max=len(trained) - 1)
+        return self.sigmas.to(t.device)[index]
+
+    def with_extra(self, x: torch.Tensor, sigma, **model_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D(x; sigma) in x's dtype, the network's extra output channels such as a learned variance);
+        sigma is a number or one level per sample."""
+        sigma = per_sample(sigma, x)
+        c_in = broadcast((sigma**2 + 1).rsqrt(), x)
+        output = self.model_fn((c_in * x).float(), self.timestep(sigma), **model_kwargs)
+        extra = output[:, x.shape[1]:]
+        output = output[:, :x.shape[1]].to(x.dtype)
+        denoised = output if self.predicts_x0 else x - broadcast(sigma, x) * output
+        return (denoised.clamp(-1, 1) if self.clip_denoised else denoised), extra
+
     def __call__(self, x: torch.Tensor, sigma, **model_kwargs) -> torch.Tensor:
         """D(x; sigma) in x's dtype; sigma is a number or one level per sample."""
-        sigma = _per_sample(sigma, x)
-        c_in = _broadcast((sigma**2 + 1).rsqrt(), x)
-        output = self.model_fn((c_in * x).float(), self.timestep(sigma), **model_kwargs)
-        output = output[:, :x.shape[1]].to(x.dtype)  # learned-variance models: the first C channels
-        if self.diffusion.model_mean_type == ModelMeanType.START_X:
-            denoised = output
-        else:
-            denoised = x - _broadcast(sigma, x) * output
-        return denoised.clamp(-1, 1) if self.clip_denoised else denoised
-
-
-def classifier_guided(denoiser: Denoiser, cond_fn: Callable) -> DenoiserFn:
-    """D~(x; sigma) = D(x; sigma) + sigma^2 grad_x [s log p(y | x, t(sigma))] (the score shifted by the
-    classifier's, EDM eq. 3 with D = x + sigma^2 score).
-
-    cond_fn(x_t, t, **kwargs) = s grad_{x_t} log p(y | x_t, t) is taken at the network's own input x_t = c_in x
-    and timestep; grad_x = c_in grad_{x_t}, so the shift is sigma^2 c_in cond_fn. With sigma^2 c_in =
-    (1 - alpha_bar) / sqrt(alpha_bar) this is ADM's condition_score (eps - sqrt(1 - alpha_bar) grad) exactly.
-    """
-
-    def guided(x: torch.Tensor, sigma, **model_kwargs) -> torch.Tensor:
-        sigma = _per_sample(sigma, x)
-        denoised = denoiser(x, sigma, **model_kwargs)
-        c_in = _broadcast((sigma**2 + 1).rsqrt(), x)
-        gradient = cond_fn((c_in * x).float(), denoiser.timestep(sigma), **model_kwargs)
-        if not isinstance(gradient, torch.Tensor) or gradient.shape != x.shape:
-            got = list(gradient.shape) if isinstance(gradient, torch.Tensor) else type(gradient).__name__
-            raise ValueError(f"cond_fn must return a gradient shaped like x {list(x.shape)}, got {got}")
-        return denoised + _broadcast(sigma**2, x) * c_in * gradient.to(x.dtype)
-
-    return guided
+        return self.with_extra(x, sigma, **model_kwargs)[0]

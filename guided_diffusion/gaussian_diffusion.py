@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .guidance import CondFn, checked_gradient
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
 from .rng import SampleRNG, randn_like
@@ -83,9 +84,6 @@ def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, broadcast_sha
     """Values arr[t] for a batch of indices, as float32 broadcastable to broadcast_shape."""
     res = torch.from_numpy(arr).to(device=timesteps.device)[timesteps].float()
     return res.reshape(*res.shape, *([1] * (len(broadcast_shape) - res.ndim))).expand(broadcast_shape)
-
-
-CondFn = Callable[..., torch.Tensor]
 
 
 class GaussianDiffusion:
@@ -262,11 +260,7 @@ class GaussianDiffusion:
     # ----- classifier guidance (ADM section 4) ------------------------------------------------------------
 
     def _guidance(self, cond_fn: CondFn, x: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None) -> torch.Tensor:
-        gradient = cond_fn(x, self._model_timesteps(t), **(model_kwargs or {}))
-        if not isinstance(gradient, torch.Tensor) or gradient.shape != x.shape:
-            got = list(gradient.shape) if isinstance(gradient, torch.Tensor) else type(gradient).__name__
-            raise ValueError(f"cond_fn must return a gradient shaped like x {list(x.shape)}, got {got}")
-        return gradient
+        return checked_gradient(cond_fn, x, self._model_timesteps(t), model_kwargs or {})
 
     def condition_mean(self, cond_fn: CondFn, p_mean_var: dict, x: torch.Tensor, t: torch.Tensor,
                        model_kwargs: dict | None = None) -> torch.Tensor:

@@ -1,12 +1,17 @@
 """Sample with classifier guidance: the gradient of a noisy classifier's log p(y | x_t, t), times
---classifier_scale, shifts the mean of each DDPM step (or corrects the score of each DDIM step).
+--classifier_scale, shifts the mean of each DDPM step (or corrects the score of each DDIM step, or the denoiser
+of the EDM-style samplers), optionally only for noise levels lo < sigma <= hi (--classifier_interval lo,hi).
 
     mpiexec -n N python scripts/classifier_sample.py --model_path MODEL.pt --classifier_path CLASSIFIER.pt \\
         --classifier_scale 1.0 $MODEL_FLAGS $CLASSIFIER_FLAGS [--classes 0,1,2]
+
+Classifier-free guidance and autoguidance (see image_sample.py) combine with it.
 """
 
 
-from guided_diffusion import cli, dist_util, logger, sampling
+from guided_diffusion import cli, logger, sampling
+from guided_diffusion.checkpoint_flags import apply_checkpoint_args, explicit_flags, require_file
+from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import (
     args_to_dict,
     classifier_defaults,
@@ -16,31 +21,29 @@ from guided_diffusion.script_util import (
 )
 
 
-def main():
-    args = create_argparser().parse_args()
-    explicit = sampling.explicit_flags()
-    sampling.require_file(args.model_path, "model_path")
-    sampling.require_file(args.classifier_path, "classifier_path")
-    sampling.apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(), explicit, "model_path")
-    classifier_keys = [k for k in classifier_defaults() if k.startswith("classifier_")]
-    saved = sampling.apply_checkpoint_args(args, args.classifier_path, classifier_keys, explicit, "classifier_path")
-    check_classifier_matches(args, saved)
-    dist_util.setup_dist()
-    sampling.configure_logging("classifier_sample", args)
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
+    architecture = model_and_diffusion_defaults()
+
+    def classifier_matches():
+        require_file(args.classifier_path, "classifier_path")
+        keys = [k for k in classifier_defaults() if k.startswith("classifier_")]
+        saved = apply_checkpoint_args(args, args.classifier_path, keys, explicit_flags(argv), "classifier_path")
+        check_classifier_matches(args, saved)
+
+    guide = sampling.prepare("classifier_sample", args, architecture, argv, checks=(classifier_matches,))
 
     logger.log("creating model and diffusion...")
-    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
-    sampling.load_network(model, args.model_path, "model_path", args.use_fp16)
+    model, diffusion = sampling.build(create_model_and_diffusion, args, architecture, args.model_path,
+                                      "model_path", args.use_fp16)
     logger.log("loading classifier...")
     classifier = create_classifier(**args_to_dict(args, classifier_defaults().keys()))
     sampling.load_network(classifier, args.classifier_path, "classifier_path", args.classifier_use_fp16)
-    cond_fn = sampling.classifier_cond_fn(classifier, args.classifier_scale, args.use_bf16)
+    guidance = sampling.guidance_from_args(args, guide, create_model_and_diffusion, architecture, classifier)
 
     logger.log("sampling...")
-    writer = sampling.SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size,
-                                   with_labels=True)
-    make_batch = sampling.image_batch_fn(model, diffusion, args, cond_fn=cond_fn)
-    sampling.generate(writer, args.batch_size, make_batch, grid=args.grid)
+    writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size, with_labels=True)
+    generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args, guidance), grid=args.grid)
 
 
 def check_classifier_matches(args, saved):
@@ -60,7 +63,7 @@ def check_classifier_matches(args, saved):
 
 def create_argparser():
     defaults = sampling.sampling_defaults()
-    defaults.update(classifier_path="", classifier_scale=1.0)
+    defaults.update(sampling.classifier_flag_defaults())
     defaults.update(model_and_diffusion_defaults())
     defaults.update(classifier_defaults())
     return cli.make_parser(__doc__, defaults)

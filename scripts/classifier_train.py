@@ -15,8 +15,8 @@ from guided_diffusion.train_util import ClassifierTrainLoop, find_resume_checkpo
     parse_resume_step_from_filename
 
 
-def main():
-    args = create_argparser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
     log_dir = cli.start(args, "classifier_train")
 

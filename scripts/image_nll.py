@@ -14,6 +14,12 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from guided_diffusion import cli, dist_util, logger, sampling
+from guided_diffusion.checkpoint_flags import (
+    apply_checkpoint_args,
+    configure_logging,
+    explicit_flags,
+    require_file,
+)
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -22,15 +28,14 @@ from guided_diffusion.script_util import (
 )
 
 
-def main():
-    args = create_argparser().parse_args()
-    sampling.require_file(args.model_path, "model_path")
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
+    require_file(args.model_path, "model_path")
     if not args.data_dir:
         raise ValueError("--data_dir is required: a folder of images to evaluate on")
-    sampling.apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(),
-                                   sampling.explicit_flags(), "model_path")
+    apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(), explicit_flags(argv), "model_path")
     dist_util.setup_dist()
-    sampling.configure_logging("image_nll", args)
+    configure_logging("image_nll", args)
 
     logger.log("creating model and diffusion...")
     model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))

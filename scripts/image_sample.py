@@ -2,35 +2,32 @@
 
     mpiexec -n N python scripts/image_sample.py --model_path MODEL.pt $MODEL_FLAGS [--timestep_respacing 250]
 
+Guidance: --cfg_scale W (a model trained with label dropout), --guide_model_path WEAKER.pt --guide_scale W
+(autoguidance), each limited to noise levels lo < sigma <= hi by --cfg_interval / --guide_interval lo,hi.
 The output, samples_{N}x{H}x{W}x3.npz in the log folder, is what evaluations/evaluator.py and
 super_res_sample.py --base_samples read. Image i depends only on --seed + i.
 """
 
 
-from guided_diffusion import cli, dist_util, logger, sampling
-from guided_diffusion.script_util import (
-    args_to_dict,
-    create_model_and_diffusion,
-    model_and_diffusion_defaults,
-)
+from guided_diffusion import cli, logger, sampling
+from guided_diffusion.sample_writer import SampleWriter, generate
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 
-def main():
-    args = create_argparser().parse_args()
-    sampling.require_file(args.model_path, "model_path")
-    sampling.apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(),
-                                   sampling.explicit_flags(), "model_path")
-    dist_util.setup_dist()
-    sampling.configure_logging("image_sample", args)
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
+    architecture = model_and_diffusion_defaults()
+    guide = sampling.prepare("image_sample", args, architecture, argv)
 
     logger.log("creating model and diffusion...")
-    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
-    sampling.load_network(model, args.model_path, "model_path", args.use_fp16)
+    model, diffusion = sampling.build(create_model_and_diffusion, args, architecture, args.model_path,
+                                      "model_path", args.use_fp16)
+    guidance = sampling.guidance_from_args(args, guide, create_model_and_diffusion, architecture)
 
     logger.log("sampling...")
-    writer = sampling.SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size,
-                                   with_labels=args.class_cond)
-    sampling.generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args), grid=args.grid)
+    writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size,
+                          with_labels=args.class_cond)
+    generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args, guidance), grid=args.grid)
 
 
 def create_argparser():

@@ -5,37 +5,41 @@ super-resolution model.
         --base_samples samples_10000x64x64x3.npz $SR_MODEL_FLAGS [--timestep_respacing 250]
 
 Labels in the base file (arr_1) condition a class-conditional upsampler. Sample i upsamples base image
-i % (number of base images) with noise from --seed + i.
+i % (number of base images) with noise from --seed + i. A weaker upsampler can guide it (autoguidance:
+--guide_model_path, --guide_scale, --guide_interval).
 """
 
 
-from guided_diffusion import cli, dist_util, logger, sampling
-from guided_diffusion.script_util import (
-    args_to_dict,
-    sr_create_model_and_diffusion,
-    sr_model_and_diffusion_defaults,
-)
+from guided_diffusion import cli, logger, sampling
+from guided_diffusion.sample_writer import SampleWriter, generate
+from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
 
 
-def main():
-    args = create_argparser().parse_args()
-    sampling.require_file(args.model_path, "model_path")
-    sampling.apply_checkpoint_args(args, args.model_path, sr_model_and_diffusion_defaults(),
-                                   sampling.explicit_flags(), "model_path")
-    base = sampling.BaseSamples(args.base_samples, args.small_size, need_labels=args.class_cond)
-    dist_util.setup_dist()
-    sampling.configure_logging("super_res_sample", args)
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
+    if args.cfg_scale != 1:
+        raise ValueError(f"--cfg_scale {args.cfg_scale}: classifier-free guidance applies to base models trained "
+                         "with --class_dropout_prob, not to upsamplers")
+    architecture = sr_model_and_diffusion_defaults()
+    base = None
+
+    def read_base():
+        nonlocal base
+        base = sampling.BaseSamples(args.base_samples, args.small_size, need_labels=args.class_cond)
+
+    guide = sampling.prepare("super_res_sample", args, architecture, argv, size_flag="large_size",
+                             checks=(read_base,))
 
     logger.log("creating model...")
-    model, diffusion = sr_create_model_and_diffusion(
-        **args_to_dict(args, sr_model_and_diffusion_defaults().keys()))
-    sampling.load_network(model, args.model_path, "model_path", args.use_fp16)
+    model, diffusion = sampling.build(sr_create_model_and_diffusion, args, architecture, args.model_path,
+                                      "model_path", args.use_fp16)
+    guidance = sampling.guidance_from_args(args, guide, sr_create_model_and_diffusion, architecture)
 
     logger.log("upsampling...")
-    writer = sampling.SampleWriter(logger.get_dir(), args.num_samples, args.large_size, args.large_size,
-                                   with_labels=args.class_cond)
-    sampling.generate(writer, args.batch_size, sampling.super_res_batch_fn(model, diffusion, args, base),
-                      grid=args.grid)
+    writer = SampleWriter(logger.get_dir(), args.num_samples, args.large_size, args.large_size,
+                          with_labels=args.class_cond)
+    generate(writer, args.batch_size, sampling.super_res_batch_fn(model, diffusion, args, base, guidance),
+             grid=args.grid)
 
 
 def create_argparser():

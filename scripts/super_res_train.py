@@ -13,8 +13,8 @@ from guided_diffusion.script_util import (
 from guided_diffusion.train_util import train_diffusion_from_args
 
 
-def main():
-    args = create_argparser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
     cli.start(args, "super_res_train")
 

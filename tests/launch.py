@@ -78,7 +78,7 @@ def classifier_probability(classifier_path: str, samples: dict) -> float:
     noise-free samples (arr_0)."""
     import torch
 
-    from guided_diffusion.sampling import checkpoint_args
+    from guided_diffusion.checkpoint_flags import checkpoint_args
     from guided_diffusion.script_util import classifier_defaults, create_classifier
 
     args = classifier_defaults()
@@ -94,20 +94,47 @@ def classifier_probability(classifier_path: str, samples: dict) -> float:
 
 
 def train_tiny_checkpoints(root) -> dict:
-    """Tiny diffusion model, classifier and upsampler checkpoints (with their args.json), trained by the scripts."""
+    """Tiny diffusion model, classifier and upsampler checkpoints (with their args.json), trained by the scripts;
+    "cfg" is a model trained with label dropout, "cfg_early" its checkpoint at half the steps (a guide)."""
     images = make_image_folder(os.path.join(root, "images"), count=16, size=16)
     run_script("image_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "model"), "--batch_size", 4,
                                   "--max_steps", 2, "--save_interval", 2, *TINY_MODEL])
     run_script("classifier_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "classifier"),
                                        "--batch_size", 8, "--iterations", 30, "--save_interval", 30, "--lr", 1e-3,
                                        "--random_crop", "False", *TINY_CLASSIFIER])
+    run_script("image_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "cfg"), "--batch_size", 4,
+                                  "--max_steps", 4, "--save_interval", 2, "--class_dropout_prob", 0.25, "--lr", 5e-3,
+                                  *TINY_MODEL])
     run_script("super_res_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "sr"), "--batch_size", 2,
                                       "--max_steps", 1, "--large_size", 64, "--small_size", 16, "--num_channels",
                                       32, "--num_res_blocks", 1, "--attention_resolutions", 8, "--class_cond",
                                       "True", "--num_classes", 4])
     return {"model": os.path.join(root, "model", "model000002.pt"),
             "classifier": os.path.join(root, "classifier", "model000030.pt"),
-            "sr": os.path.join(root, "sr", "model000001.pt"), "images": images}
+            "sr": os.path.join(root, "sr", "model000001.pt"), "images": images,
+            "cfg": os.path.join(root, "cfg", "model000004.pt"), "cfg_early": os.path.join(root, "cfg", "model000002.pt")}
+
+
+def run_main(script: str, args: list) -> tuple[int, str]:
+    """Run scripts/<script>'s main in this process as cli.run does: (exit code, stderr stripped)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from guided_diffusion import cli
+
+    spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(ROOT, "scripts", script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [str(a) for a in args]
+    stderr = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(stderr):
+        try:
+            cli.run(lambda: module.main(argv), script=script)
+        except SystemExit as e:
+            code = e.code
+    return code, stderr.getvalue().strip()
 
 
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:

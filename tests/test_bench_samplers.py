@@ -63,3 +63,25 @@ def test_digits_sampler_benchmark_counts_evaluations_and_judges_every_seed(train
     assert "FD - FD of ddim-10 (paired)" in lines[0]
     assert [line.split(" | ")[0:3] for line in lines[2:]] == [["| dpmpp_2m", "10", "10"], ["| ddim", "10", "10"],
                                                                ["| heun", "6", "11"]]
+
+
+def test_guidance_benchmark_summary_table_and_plot(tmp_path):
+    """The guidance study's report from per-seed results: means, paired FD differences, the table and the plot."""
+    import bench_guidance_digits as bench
+
+    def seed_metrics(fd, recognized):
+        return {"recognized": recognized, "fd": fd, "precision": 0.7, "recall": 0.9, "seconds": 10.0}
+
+    results = {"unguided": {"method": "unguided", "per_seed": {"0": seed_metrics(100, 0.9), "1": seed_metrics(80, 0.8)}},
+               "cfg 3": {"method": "CFG", "per_seed": {"0": seed_metrics(90, 1.0), "1": seed_metrics(60, 1.0)}},
+               "cfg 5": {"method": "CFG", "per_seed": {"0": seed_metrics(95, 1.0)}}}  # unfinished: left out
+    rows = bench.summary(results, seeds=[0, 1])
+    assert [r["name"] for r in rows] == ["unguided", "cfg 3"]
+    cfg = rows[1]
+    assert cfg["fd"] == 75 and cfg["fd_std"] == pytest.approx(21.2132, abs=1e-3)
+    assert cfg["dfd"] == -15 and cfg["dfd_std"] == pytest.approx(7.0711, abs=1e-3)  # paired: -10 and -20
+    assert "| cfg 3 | 1.000 ± 0.000 | 75.0 ± 21.2 | -15.0 ± 7.1 |" in bench.table(rows)
+    bench.plot(rows, str(tmp_path / "plot.png"))
+    assert os.path.getsize(tmp_path / "plot.png") > 1000
+    flags = {k for _, _, f in bench.RUNS for k in f}
+    assert flags <= {"cfg_scale", "cfg_interval", "guide", "guide_scale", "classifier_scale", "classifier_interval"}

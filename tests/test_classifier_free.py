@@ -6,22 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import types
 
+import numpy as np
 import pytest
 import torch
-from launch import TINY_MODEL, make_image_folder, read_samples, run_script
+from launch import read_samples, run_main, run_script
 
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion import logger, samplers
 from guided_diffusion.denoiser import Denoiser
-from guided_diffusion.sampling import (
-    SamplerOptions,
-    classifier_free_model_fn,
-    guided_model_fn,
-    noise_levels,
-    sampling_defaults,
-)
+from guided_diffusion.guidance import Guidance, classifier_free_reference
+from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels
 from guided_diffusion.script_util import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,
@@ -97,26 +92,26 @@ def _toy_model_fn(x, t, y=None):
     return torch.cat([x / 10 + offset, x * 0 + offset + 100], dim=1)
 
 
-def test_guided_prediction_and_denoiser_are_the_cfg_combination():
-    x = torch.randn(2, 3, 4, 4)
-    t = torch.tensor([5, 9])
-    y = torch.tensor([1, 2])
-    cond, uncond = _toy_model_fn(x, t, y), _toy_model_fn(x, t, torch.tensor([7, 7]))
-    for scale in (0.0, 1.0, 3.0):
-        got = classifier_free_model_fn(_toy_model_fn, scale, null_label=7)(x, t, y=y)
-        torch.testing.assert_close(got[:, :3], uncond[:, :3] + scale * (cond[:, :3] - uncond[:, :3]))
-        torch.testing.assert_close(got[:, 3:], (uncond if scale == 0 else cond)[:, 3:])
-    # Through the denoiser view every sampler sees D_u + w (D_c - D_u).
+def test_guided_denoiser_and_process_prediction_are_the_cfg_combination():
     betas = gd.get_named_beta_schedule("cosine", 20)
     diffusion = gd.GaussianDiffusion(betas=betas, model_mean_type=gd.ModelMeanType.EPSILON,
                                      model_var_type=gd.ModelVarType.LEARNED_RANGE, loss_type=gd.LossType.MSE)
-    guided = Denoiser(diffusion, classifier_free_model_fn(_toy_model_fn, 2.5, null_label=7))
     plain = Denoiser(diffusion, _toy_model_fn)
-    xd = x.double() * 4
-    d_c, d_u = plain(xd, 3.0, y=y), plain(xd, 3.0, y=torch.tensor([7, 7]))
-    torch.testing.assert_close(guided(xd, 3.0, y=y), d_u + 2.5 * (d_c - d_u), rtol=1e-6, atol=1e-5)  # float32 net
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64) * 4
+    y, null = torch.tensor([1, 2]), torch.tensor([7, 7])
+    d_c, d_u = plain(x, 3.0, y=y), plain(x, 3.0, y=null)
+    for scale in (0.0, 1.0, 2.5):
+        guided = Guidance(cfg_scale=scale, null_label=7).bind(plain)
+        torch.testing.assert_close(guided(x, 3.0, y=y), d_u + scale * (d_c - d_u), rtol=1e-12, atol=1e-12)
+    # DDPM/DDIM see it as the model's eps at each timestep; the variance channels are the conditional ones.
+    t = torch.tensor([5, 9])
+    x_t = torch.randn(2, 3, 4, 4)
+    cond, uncond = _toy_model_fn(x_t, t, y), _toy_model_fn(x_t, t, null)
+    got = Guidance(cfg_scale=2.5, null_label=7).process_model_fn(plain)(x_t, t, y=y)
+    torch.testing.assert_close(got[:, :3], uncond[:, :3] + 2.5 * (cond[:, :3] - uncond[:, :3]))
+    torch.testing.assert_close(got[:, 3:], cond[:, 3:])
     with pytest.raises(ValueError, match="classifier-free guidance needs labels y"):
-        classifier_free_model_fn(_toy_model_fn, 2.0, 7)(x, t)
+        classifier_free_reference(plain, 7)(x, torch.full((2,), 3.0, dtype=torch.float64))
 
 
 def test_guidance_scale_one_is_the_conditional_model_through_heun():
@@ -124,57 +119,48 @@ def test_guidance_scale_one_is_the_conditional_model_through_heun():
     for p in model.parameters():  # ADM zero-initialises the output layer: give the labels an effect
         torch.nn.init.normal_(p, std=0.05)
     model.eval()
-    args = types.SimpleNamespace(**{**sampling_defaults(), **TINY, "class_dropout_prob": 0.2})
     denoiser = Denoiser(diffusion, lambda x, t, y=None: model(x, t, y=y))
     sigmas = noise_levels(denoiser, SamplerOptions(sampler="heun", steps=4))
     x_T = torch.randn(2, 3, 8, 8, dtype=torch.float64) * 5
     labels = torch.tensor([1, 3])
+    null = null_label(4, 0.2)
     with torch.no_grad():
         conditional = samplers.sample_heun(lambda x, s: denoiser(x, s, y=labels), x_T, sigmas)
-        same = samplers.sample_heun(lambda x, s: Denoiser(diffusion, guided_model_fn(model, args))(x, s, y=labels),
-                                    x_T, sigmas)
-        args.cfg_scale = 4.0
-        guided = samplers.sample_heun(lambda x, s: Denoiser(diffusion, guided_model_fn(model, args))(x, s, y=labels),
-                                      x_T, sigmas)
-    torch.testing.assert_close(same, conditional)
-    assert not torch.allclose(guided, conditional)
+        runs = {scale: samplers.sample_heun(lambda x, s: Guidance(cfg_scale=scale, null_label=null).bind(denoiser)(
+            x, s, y=labels), x_T, sigmas) for scale in (1.0, 4.0)}
+    torch.testing.assert_close(runs[1.0], conditional)
+    assert (runs[4.0] - conditional).abs().max() > 1e-2
 
 
 def test_cfg_scale_needs_a_model_trained_with_label_dropout():
-    model, _ = _model_and_diffusion()
-    args = types.SimpleNamespace(**{**sampling_defaults(), **TINY, "class_dropout_prob": 0.0, "cfg_scale": 3.0})
     with pytest.raises(ValueError, match=re.escape("--cfg_scale 3.0 needs a class-conditional model trained with "
                                                    "label dropout")):
-        guided_model_fn(model, args)
+        Guidance(cfg_scale=3.0, null_label=None)
 
 
-def test_train_with_label_dropout_and_sample_with_cfg_through_the_scripts(tmp_path):
-    images = make_image_folder(str(tmp_path / "images"), count=8, size=16)
-    run_script("image_train.py", ["--data_dir", images, "--log_dir", tmp_path / "model", "--batch_size", 4,
-                                  "--max_steps", 2, "--save_interval", 2, "--class_dropout_prob", 0.25, *TINY_MODEL])
-    checkpoint = tmp_path / "model" / "model000002.pt"
-    with open(tmp_path / "model" / "args.json") as f:
+def test_train_with_label_dropout_and_sample_with_cfg_through_the_scripts(trained, tmp_path):
+    """The session's model trained with --class_dropout_prob 0.25 (tests/launch.py), sampled by image_sample.py."""
+    checkpoint = trained["cfg"]
+    with open(os.path.join(os.path.dirname(checkpoint), "args.json")) as f:
         assert json.load(f)["class_dropout_prob"] == 0.25
     state = torch.load(checkpoint, map_location="cpu")
     assert state["label_emb.weight"].shape[0] == 5  # 4 classes and the null label
     outputs = {}
-    for name, flags in {"ddim": ["--use_ddim", "True", "--timestep_respacing", "ddim4"],
-                        "heun": ["--sampler", "heun", "--steps", 3, "--timestep_respacing", "20"]}.items():
-        for scale in (1.0, 3.0):
-            out = tmp_path / f"{name}_{scale}"
-            # The model flags (and --class_dropout_prob) come from the args.json beside the checkpoint.
-            run_script("image_sample.py", ["--model_path", checkpoint, "--num_samples", 3, "--batch_size", 2,
-                                           "--cfg_scale", scale, "--classes", "2", "--log_dir", out, *flags])
-            samples = read_samples(out / "samples_3x16x16x3.npz")
-            assert samples["arr_0"].shape == (3, 16, 16, 3) and samples["arr_1"].tolist() == [2, 2, 2]
-            assert os.path.exists(out / "samples_3x16x16x3.png")
-            outputs[name, scale] = samples["arr_0"]
-        assert (outputs[name, 1.0] != outputs[name, 3.0]).any()
+    for scale in (1.0, 3.0):
+        out = tmp_path / f"heun_{scale}"
+        # The model flags (and --class_dropout_prob) come from the args.json beside the checkpoint.
+        run_script("image_sample.py", ["--model_path", checkpoint, "--num_samples", 3, "--batch_size", 2,
+                                       "--cfg_scale", scale, "--classes", "2", "--log_dir", out, "--sampler", "heun",
+                                       "--steps", 3])
+        samples = read_samples(out / "samples_3x16x16x3.npz")
+        assert samples["arr_0"].shape == (3, 16, 16, 3) and samples["arr_1"].tolist() == [2, 2, 2]
+        assert os.path.exists(out / "samples_3x16x16x3.png")
+        outputs[scale] = samples["arr_0"].astype(np.int64)
+    assert np.abs(outputs[1.0] - outputs[3.0]).mean() > 0.5  # mean change in uint8 levels
 
 
 def test_cfg_scale_on_a_model_without_label_dropout_is_a_one_line_error(trained, tmp_path):
-    result = run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 1, "--cfg_scale", 2,
-                                            "--log_dir", tmp_path], check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
+    code, stderr = run_main("image_sample.py", ["--model_path", trained["model"], "--num_samples", 1, "--cfg_scale", 2,
+                                                "--log_dir", tmp_path])
+    assert code == 2 and stderr.startswith(
         "image_sample.py: error: --cfg_scale 2.0 needs a class-conditional model trained with label dropout")

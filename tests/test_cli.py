@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from guided_diffusion import logger, sampling
+from guided_diffusion import checkpoint_flags, logger
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,9 +63,9 @@ def test_flag_strings_inside_a_flag_are_checked_too(tmp_path):
     checkpoint = str(tmp_path / "model.pt")
     with pytest.raises(ValueError, match=r"the flags '--dropout 2' for .*model\.pt: argument --dropout: expected "
                                          r"a number in \[0, 1\), got 2"):
-        sampling.namespace_from_flags(model_and_diffusion_defaults(), "--dropout 2", checkpoint, "base_model_path")
+        checkpoint_flags.namespace_from_flags(model_and_diffusion_defaults(), "--dropout 2", checkpoint, "base_model_path")
     with pytest.raises(ValueError, match="unrecognized arguments: --bogus"):
-        sampling.namespace_from_flags(model_and_diffusion_defaults(), "--bogus 1", checkpoint, "base_model_path")
+        checkpoint_flags.namespace_from_flags(model_and_diffusion_defaults(), "--bogus 1", checkpoint, "base_model_path")
 
 
 def test_log_folder_order_is_flag_then_environment_then_default(tmp_path, monkeypatch):
@@ -73,12 +73,12 @@ def test_log_folder_order_is_flag_then_environment_then_default(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENAI_LOGDIR", raising=False)
     args = script_parser("image_sample").parse_args(["--model_path", "ckpt/model000100.pt"])
-    default = sampling.configure_logging("image_sample", args)
+    default = checkpoint_flags.configure_logging("image_sample", args)
     assert default.startswith(os.path.join("runs", "image_sample-model000100-"))
-    assert sampling.configure_logging("image_sample", args) == default
+    assert checkpoint_flags.configure_logging("image_sample", args) == default
     monkeypatch.setenv("OPENAI_LOGDIR", str(tmp_path / "env"))
-    assert sampling.configure_logging("image_sample", args) == str(tmp_path / "env")
+    assert checkpoint_flags.configure_logging("image_sample", args) == str(tmp_path / "env")
     args.log_dir = str(tmp_path / "flag")
-    assert sampling.configure_logging("image_sample", args) == str(tmp_path / "flag")
+    assert checkpoint_flags.configure_logging("image_sample", args) == str(tmp_path / "flag")
     assert logger.get_dir() == str(tmp_path / "flag")
     logger.configure(format_strs=[], dir=str(tmp_path / "reset"))

@@ -16,10 +16,11 @@ from guided_diffusion.resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.respace import space_timesteps
 from guided_diffusion.rng import SampleRNG
 
 from reference import golden_network, golden_npz
+from tiny import TinyNet, make_diffusion
 
 
 # ----- golden numbers ---------------------------------------------------------------------------------------
@@ -94,38 +95,13 @@ def test_golden_guided_ddim_samples(name, golden_unet, golden_classifier):
 
 # ----- a tiny model and process for property tests -----------------------------------------------------------
 
-class TinyNet(torch.nn.Module):
-    """A small convolutional network with a timestep input, enough to train and sample with."""
-
-    def __init__(self, out_channels=3, num_classes=None):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(16, out_channels, 3, padding=1)
-        self.label = torch.nn.Embedding(num_classes, 16) if num_classes else None
-
-    def forward(self, x, t, y=None):
-        h = self.conv1(x) + torch.sin(t.float() / 100.0)[:, None, None, None]
-        if self.label is not None:
-            h = h + self.label(y)[:, :, None, None]
-        return self.conv2(torch.tanh(h))
-
-
-def _diffusion(steps=20, schedule="cosine", mean=gd.ModelMeanType.EPSILON, var=gd.ModelVarType.FIXED_LARGE,
-               loss=gd.LossType.MSE, respacing=None):
-    betas = gd.get_named_beta_schedule(schedule, steps)
-    kwargs = dict(betas=betas, model_mean_type=mean, model_var_type=var, loss_type=loss)
-    if respacing:
-        return SpacedDiffusion(use_timesteps=space_timesteps(steps, respacing), **kwargs)
-    return gd.GaussianDiffusion(**kwargs)
-
-
 # ----- per-sample seeds -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("loop, kwargs", [("p_sample_loop", {}), ("ddim_sample_loop", {"eta": 0.5})])
 def test_samples_depend_only_on_their_own_seed(loop, kwargs):
     torch.manual_seed(0)
     model = TinyNet(num_classes=4)
-    diffusion = _diffusion(respacing="10")
+    diffusion = make_diffusion(respacing="10")
     y = torch.tensor([0, 1, 2, 3])
     run = getattr(diffusion, loop)
 
@@ -141,7 +117,7 @@ def test_samples_depend_only_on_their_own_seed(loop, kwargs):
 
 
 def test_progress_bar(capsys):
-    diffusion = _diffusion(steps=5)
+    diffusion = make_diffusion(steps=5)
     diffusion.p_sample_loop(TinyNet(), (1, 3, 4, 4), progress=True)
     err = capsys.readouterr().err
     assert "sampling" in err and "/5 [" in err
@@ -162,7 +138,7 @@ def _gaussian_eps_model(diffusion, data_std):
 
 
 def test_ddim_inversion_reconstructs_the_input():
-    diffusion = _diffusion(steps=1000, schedule="cosine")
+    diffusion = make_diffusion(steps=1000, schedule="cosine")
     model = _gaussian_eps_model(diffusion, data_std=0.5)
     torch.manual_seed(0)
     x0 = 0.5 * torch.randn(2, 3, 4, 4)
@@ -186,7 +162,7 @@ def test_calc_bpd_loop_matches_the_closed_form():
     CDF. The prior term is KL(N(sqrt(ab_T) x_0, 1 - ab_T) || N(0, 1)) per dimension:
     0.5 (-1 - log(1 - ab_T) + (1 - ab_T) + ab_T x_0^2). Bits/dim divide each mean by log 2.
     """
-    diffusion = _diffusion(steps=50, mean=gd.ModelMeanType.START_X, var=gd.ModelVarType.FIXED_SMALL)
+    diffusion = make_diffusion(steps=50, mean=gd.ModelMeanType.START_X, var=gd.ModelVarType.FIXED_SMALL)
     torch.manual_seed(0)
     x0 = torch.randint(1, 255, (3, 3, 4, 4)).float() / 127.5 - 1
 
@@ -216,7 +192,7 @@ def test_every_objective_trains(mean, var, loss):
     torch.manual_seed(0)
     learned = var in (gd.ModelVarType.LEARNED, gd.ModelVarType.LEARNED_RANGE)
     model = TinyNet(out_channels=6 if learned else 3)
-    diffusion = _diffusion(mean=mean, var=var, loss=loss)
+    diffusion = make_diffusion(mean=mean, var=var, loss=loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x0 = torch.rand(4, 3, 8, 8) * 2 - 1
     t, weights = UniformSampler(diffusion).sample(4, "cpu")
@@ -234,7 +210,7 @@ def test_every_objective_trains(mean, var, loss):
 def test_learned_variance_term_does_not_train_the_mean():
     torch.manual_seed(0)
     model = TinyNet(out_channels=6)
-    diffusion = _diffusion(var=gd.ModelVarType.LEARNED_RANGE)
+    diffusion = make_diffusion(var=gd.ModelVarType.LEARNED_RANGE)
     x0 = torch.rand(2, 3, 8, 8) * 2 - 1
     t = torch.tensor([5, 9])
     output = model(diffusion.q_sample(x0, t), t)
@@ -246,7 +222,7 @@ def test_learned_variance_term_does_not_train_the_mean():
 
 
 def test_respaced_process_calls_model_and_cond_fn_with_original_timesteps():
-    diffusion = _diffusion(steps=100, respacing="ddim5")
+    diffusion = make_diffusion(steps=100, respacing="ddim5")
     assert diffusion.timestep_map == [0, 20, 40, 60, 80]
     seen_model, seen_cond = [], []
 
@@ -263,14 +239,14 @@ def test_respaced_process_calls_model_and_cond_fn_with_original_timesteps():
     assert seen_model == [80, 60, 40, 20, 0] * 2
     assert seen_cond == [80, 60, 40, 20, 0] * 2
     # alpha_bar at the kept steps is the base process's.
-    base = _diffusion(steps=100)
+    base = make_diffusion(steps=100)
     with pytest.raises(ValueError, match="linear needs diffusion_steps > 20"):
-        _diffusion(steps=20, schedule="linear")
+        make_diffusion(steps=20, schedule="linear")
     assert np.allclose(diffusion.alphas_cumprod, base.alphas_cumprod[[0, 20, 40, 60, 80]])
 
 
 def test_guidance_hooks():
-    diffusion = _diffusion(steps=10)
+    diffusion = make_diffusion(steps=10)
     x = torch.randn(2, 3, 4, 4)
     t = torch.tensor([3, 7])
     out = diffusion.p_mean_variance(TinyNet(), x, t)
@@ -286,7 +262,7 @@ def test_guidance_hooks():
 # ----- timestep samplers --------------------------------------------------------------------------------------
 
 def test_loss_second_moment_resampler():
-    diffusion = _diffusion(steps=4)
+    diffusion = make_diffusion(steps=4)
     sampler = create_named_schedule_sampler("loss-second-moment", diffusion)
     assert isinstance(sampler, LossSecondMomentResampler)
     assert np.array_equal(sampler.weights(), np.ones(4))  # uniform until every step has 10 losses
@@ -322,8 +298,8 @@ def test_bad_respacing(spec, message):
 def test_bad_schedule_and_cond_fn():
     with pytest.raises(ValueError, match="unknown noise_schedule 'quadratic': choose one of linear, cosine"):
         gd.get_named_beta_schedule("quadratic", 100)
-    diffusion = _diffusion(steps=5)
+    diffusion = make_diffusion(steps=5)
     with pytest.raises(ValueError, match=r"cond_fn must return a gradient shaped like x \[1, 3, 4, 4\], got \[1, 3\]"):
         diffusion.ddim_sample_loop(TinyNet(), (1, 3, 4, 4), cond_fn=lambda x, t: torch.zeros(1, 3))
     with pytest.raises(ValueError, match="learned variances must output 6 channels"):
-        _diffusion(var=gd.ModelVarType.LEARNED_RANGE).p_sample_loop(TinyNet(), (1, 3, 4, 4))
+        make_diffusion(var=gd.ModelVarType.LEARNED_RANGE).p_sample_loop(TinyNet(), (1, 3, 4, 4))

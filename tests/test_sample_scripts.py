@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch import TINY_CLASSIFIER, classifier_probability, command, read_samples, run_script, script_env, wait_for
+from launch import TINY_CLASSIFIER, classifier_probability, command, read_samples, run_main, run_script, script_env, wait_for
 
 FAST = ["--timestep_respacing", "8", "--use_ddim", "True"]
 MPIEXEC = pytest.param("mpiexec", marks=pytest.mark.mpi)
@@ -119,10 +119,8 @@ def test_image_nll(trained, tmp_path, launcher):
 
 def test_bad_input(trained, base_samples, tmp_path):
     def fails(script, args, message):
-        proc = run_script(script, [*args, "--log_dir", tmp_path / "bad"], check=False)
-        assert proc.returncode == 2, proc.stderr
-        assert message in proc.stderr, proc.stderr
-        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+        code, stderr = run_main(script, [*args, "--log_dir", tmp_path / "bad"])
+        assert code == 2 and message in stderr and "\n" not in stderr, stderr
 
     fails("image_sample.py", ["--model_path", trained["model"], "--num_channels", 64],
           "use --num_channels 32 (now 64)")

@@ -13,19 +13,14 @@ import torch
 
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion import samplers
-from guided_diffusion.denoiser import Denoiser, classifier_guided
-from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.denoiser import Denoiser
+from guided_diffusion.guidance import Guidance, classifier_cond_fn
 from guided_diffusion.rng import SampleRNG
-from guided_diffusion.sampling import (
-    SamplerOptions,
-    classifier_cond_fn,
-    noise_levels,
-    run_sampler,
-    sampler_options,
-    sampling_defaults,
-)
+from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
+from guided_diffusion.sampling import sampler_options, sampling_defaults
 
-from launch import classifier_probability, read_samples, run_script
+from launch import classifier_probability, read_samples, run_main, run_script
+from tiny import TinyClassifier, TinyNet, make_diffusion
 
 # ----- toy models ---------------------------------------------------------------------------------------------
 
@@ -58,39 +53,8 @@ def mixture_eps_model(diffusion: gd.GaussianDiffusion):
     return model
 
 
-class TinyNet(torch.nn.Module):
-    """A random convolutional network with timestep and label inputs."""
-
-    def __init__(self, out_channels=3, num_classes=4):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(16, out_channels, 3, padding=1)
-        self.label = torch.nn.Embedding(num_classes, 16)
-
-    def forward(self, x, t, y=None):
-        h = self.conv1(x) + torch.sin(t.float() / 100.0)[:, None, None, None]
-        if y is not None:
-            h = h + self.label(y)[:, :, None, None]
-        return self.conv2(torch.tanh(h))
-
-
-class TinyClassifier(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-
-    def forward(self, x, t):
-        return self.conv(x).mean(dim=(2, 3)) * (1 + torch.cos(t.float() / 50.0))[:, None]
-
-
-def _diffusion(steps=100, schedule="cosine", mean=gd.ModelMeanType.EPSILON, var=gd.ModelVarType.LEARNED_RANGE,
-               respacing=None, rescale=False):
-    betas = gd.get_named_beta_schedule(schedule, steps)
-    kwargs = dict(betas=betas, model_mean_type=mean, model_var_type=var, loss_type=gd.LossType.MSE,
-                  rescale_timesteps=rescale)
-    if respacing:
-        return SpacedDiffusion(use_timesteps=space_timesteps(steps, respacing), **kwargs)
-    return gd.GaussianDiffusion(**kwargs)
+def _diffusion(steps=100, var=gd.ModelVarType.LEARNED_RANGE, **kwargs):
+    return make_diffusion(steps=steps, var=var, **kwargs)
 
 
 def _learned(var):
@@ -114,7 +78,7 @@ def test_euler_on_the_models_levels_is_ddim(mean, var, schedule, respacing, resc
     want = diffusion.ddim_sample_loop(model, shape, clip_denoised=clip, model_kwargs=kwargs, eta=0.0,
                                       rng=SampleRNG([4, 5, 6]))
     options = SamplerOptions(sampler="euler", sigma_schedule="model", clip_denoised=clip)
-    got = run_sampler(diffusion, model, shape, kwargs, None, SampleRNG([4, 5, 6]), options)
+    got = run_sampler(diffusion, model, shape, kwargs, SampleRNG([4, 5, 6]), options)
     assert (got - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
 
 
@@ -129,8 +93,8 @@ def test_classifier_guidance_in_sigma_space_is_adms_condition_score(clip):
     want = diffusion.ddim_sample_loop(model, (2, 3, 8, 8), clip_denoised=clip, model_kwargs=kwargs,
                                       cond_fn=cond_fn, rng=SampleRNG([0, 1]))
     options = SamplerOptions(sampler="euler", sigma_schedule="model", clip_denoised=clip)
-    got = run_sampler(diffusion, model, (2, 3, 8, 8), kwargs, cond_fn, SampleRNG([0, 1]), options)
-    unguided = run_sampler(diffusion, model, (2, 3, 8, 8), kwargs, None, SampleRNG([0, 1]), options)
+    got = run_sampler(diffusion, model, (2, 3, 8, 8), kwargs, SampleRNG([0, 1]), options, Guidance(cond_fn=cond_fn))
+    unguided = run_sampler(diffusion, model, (2, 3, 8, 8), kwargs, SampleRNG([0, 1]), options)
     assert (got - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
     assert (got - unguided).abs().max() > 1e-2
 
@@ -196,7 +160,7 @@ def test_karras_levels_on_a_respaced_model_are_its_trained_levels():
     assert len(sigmas) == 13 and sigmas[-1] == 0 and (sigmas.diff() <= 0).all()
     assert all(float(s) in denoiser.sigmas.tolist() for s in sigmas[:-1])
     assert sigmas[0] == denoiser.round_sigma(torch.tensor(80.0)) and sigmas[-2] == denoiser.sigma_min
-    run_sampler(diffusion, model, (2, 3, 4, 4), {}, None, SampleRNG([0, 1]), options)
+    run_sampler(diffusion, model, (2, 3, 4, 4), {}, SampleRNG([0, 1]), options)
     assert seen and seen <= set(diffusion.timestep_map)
     # The karras ramp itself (EDM eq. 5).
     ramp = samplers.karras_sigmas(3, 0.5, 8.0, rho=2.0)
@@ -291,7 +255,8 @@ def test_samples_depend_only_on_their_own_seed(name):
 
     def sample(start, count):
         rng = SampleRNG.for_range(seed=7, start=start, count=count)
-        return run_sampler(diffusion, model, (count, 3, 8, 8), {"y": y[start:start + count]}, cond_fn, rng, options)
+        return run_sampler(diffusion, model, (count, 3, 8, 8), {"y": y[start:start + count]}, rng, options,
+                           Guidance(cond_fn=cond_fn))
 
     whole = sample(0, 4)
     torch.manual_seed(123)  # the global generator must not matter
@@ -322,7 +287,7 @@ def test_classifier_guidance_with_the_exact_classifier_gives_the_class_condition
     diffusion = _diffusion(steps=1000, var=gd.ModelVarType.FIXED_LARGE)
     denoiser = Denoiser(diffusion, mixture_eps_model(diffusion))
     classifier = MixturePosteriorClassifier(diffusion)
-    guided = classifier_guided(denoiser, classifier_cond_fn(classifier, 1.0))
+    guided = Guidance(cond_fn=classifier_cond_fn(classifier, 1.0)).bind(denoiser)
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for j in (50, 300, 700):
         sigma = denoiser.sigmas[j]
@@ -335,10 +300,10 @@ def test_classifier_guidance_with_the_exact_classifier_gives_the_class_condition
     y = torch.zeros(200, dtype=torch.long)
     probability = {}
     for scale in (0.0, 1.0):
-        cond_fn = classifier_cond_fn(classifier, scale) if scale else None
+        guidance = Guidance(cond_fn=classifier_cond_fn(classifier, scale) if scale else None)
         options = SamplerOptions(sampler="heun", steps=10, clip_denoised=False)
-        samples = run_sampler(diffusion, denoiser.model_fn, (200, 2), {"y": y}, cond_fn, SampleRNG(range(200)),
-                              options)
+        samples = run_sampler(diffusion, denoiser.model_fn, (200, 2), {"y": y}, SampleRNG(range(200)), options,
+                              guidance)
         probability[scale] = float(torch.softmax(classifier(samples, torch.zeros(200, dtype=torch.long)), 1)[:, 0]
                                    .mean())
     assert probability[0.0] < 0.5 and probability[1.0] > 0.95, probability
@@ -358,6 +323,7 @@ def test_classifier_guidance_with_the_exact_classifier_gives_the_class_condition
     ({"sampler": "edm_stochastic", "s_churn": 1.0, "s_noise": 0.0}, "--s_noise must be > 0"),
     ({"sampler": "heun", "sigma_max": float("nan")}, "--sigma_max must be a number"),
     ({"sampler": "heun", "use_ddim": True}, "--use_ddim True conflicts with --sampler heun"),
+    ({"sampler": "heun", "s_churn": 1.0}, "--s_churn 1.0 applies to --sampler edm_stochastic only"),
     ({"sigma_schedule": "vp"}, "--sigma_schedule 'vp': choose one of karras, model"),
 ])
 def test_bad_options(changes, message):
@@ -446,7 +412,6 @@ def test_cascade_sample_with_edm_stochastic(trained, tmp_path):
     (["--sampler", "euler", "--sigma_min", "2", "--sigma_max", "1"], "--sigma_min 2.0 must be below --sigma_max 1.0"),
 ])
 def test_bad_sampler_flags_give_one_line_errors(trained, tmp_path, flags, message):
-    proc = run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 1,
-                                          "--log_dir", tmp_path, *flags], check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    code, stderr = run_main("image_sample.py", ["--model_path", trained["model"], "--num_samples", 1,
+                                                "--log_dir", tmp_path, *flags])
+    assert code == 2 and message in stderr and "\n" not in stderr, stderr

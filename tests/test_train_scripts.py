@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from launch import TINY_CLASSIFIER, TINY_MODEL, command, make_image_folder, run_script, script_env, wait_for
+from launch import TINY_CLASSIFIER, TINY_MODEL, command, make_image_folder, run_main, run_script, script_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +136,8 @@ def test_resume_from_ema_file_keeps_its_step(images, tmp_path):
     ],
 )
 def test_bad_training_input(images, tmp_path, extra, message):
-    proc = run_script("image_train.py", _train_args(images, str(tmp_path / "bad"), *extra), check=False)
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert proc.stderr.count("\n") == 1  # one line, no traceback
+    code, stderr = run_main("image_train.py", _train_args(images, str(tmp_path / "bad"), *extra))
+    assert code == 2 and message in stderr and "\n" not in stderr  # one line, no traceback
 
 
 def test_unprefixed_files_with_class_cond(tmp_path):
@@ -147,9 +145,8 @@ def test_unprefixed_files_with_class_cond(tmp_path):
     make_image_folder(folder, count=4)
     for f in os.listdir(folder):
         os.rename(folder / f, folder / f.replace("_", "-"))
-    proc = run_script("image_train.py", _train_args(str(folder), str(tmp_path / "bad")), check=False)
-    assert proc.returncode == 2
-    assert "class_cond needs class-prefixed file names" in proc.stderr
+    code, stderr = run_main("image_train.py", _train_args(str(folder), str(tmp_path / "bad")))
+    assert code == 2 and "class_cond needs class-prefixed file names" in stderr
 
 
 def test_resume_with_another_architecture(images, tmp_path):
@@ -158,9 +155,8 @@ def test_resume_with_another_architecture(images, tmp_path):
     args = _train_args(images, str(tmp_path / "other"), "--resume_checkpoint",
                        os.path.join(log_dir, "model000002.pt"))
     args[args.index("--num_channels") + 1] = "64"
-    proc = run_script("image_train.py", args, check=False)
-    assert proc.returncode == 2
-    assert "use --num_channels 32 (now 64)" in proc.stderr
+    code, stderr = run_main("image_train.py", args)
+    assert code == 2 and "use --num_channels 32 (now 64)" in stderr
 
 
 def _rank_pid(script: str, rank: int) -> int | None:

@@ -1,0 +1,82 @@
+"""Flags of a sampling run merged with the args.json saved beside each checkpoint: a network trained here
+needs only its checkpoint path; a flag given on the command line wins (and a disagreement is reported)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import sys
+
+from . import cli, logger
+from .script_util import add_dict_to_argparser
+
+# Flags that describe a trained network (read back from args.json); the rest are choices made when sampling.
+_NOT_ARCHITECTURE = {"timestep_respacing", "use_fp16", "classifier_use_fp16", "use_checkpoint", "dropout"}
+
+
+def explicit_flags(argv: list[str] | None = None) -> set[str]:
+    """Names of the flags given on the command line (--name value or --name=value)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")}
+
+
+def checkpoint_args(path: str) -> dict | None:
+    """The flags saved in args.json beside a checkpoint, or None."""
+    json_path = os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
+    if not os.path.exists(json_path):
+        return None
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def apply_checkpoint_args(args, path: str, keys, explicit: set[str], flag: str) -> dict | None:
+    """Fill the architecture flags in `keys` from the args.json beside `path` unless given explicitly; an
+    explicit flag that disagrees with the file wins and is reported. Returns the file's flags (or None)."""
+    saved = checkpoint_args(path)
+    if saved is None:
+        return None
+    for key in keys:
+        if key in _NOT_ARCHITECTURE or key not in saved:
+            continue
+        if key in explicit:
+            if saved[key] != getattr(args, key):
+                logger.warn(f"--{key} {getattr(args, key)} given; args.json beside --{flag} {path} says "
+                            f"{saved[key]}: using {getattr(args, key)}")
+        else:
+            setattr(args, key, saved[key])
+    return saved
+
+
+def namespace_from_flags(defaults: dict, flags: str, checkpoint: str, flag: str) -> argparse.Namespace:
+    """Flags for one network of a pipeline: defaults, then its args.json, then the flag string (which wins)."""
+    parser = cli.RaisingParser(prog=f"the flags {flags!r} for {checkpoint}", add_help=False)
+    add_dict_to_argparser(parser, defaults)
+    tokens = shlex.split(flags)
+    args = parser.parse_args(tokens)
+    apply_checkpoint_args(args, checkpoint, defaults, explicit_flags(tokens), flag)
+    return args
+
+
+def require_file(path: str, flag: str) -> None:
+    if not path:
+        raise ValueError(f"--{flag} is required")
+    if "://" not in path and not os.path.exists(path):
+        raise FileNotFoundError(f"--{flag} not found: {path}")
+
+
+def default_log_dir(script: str, args, ignore=("batch_size", "log_dir", "grid", "progress")) -> str:
+    """runs/<script>-<checkpoint name>-<hash of the flags that change the samples>: a rerun of the same command
+    lands in the same folder and resumes there."""
+    relevant = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}
+    digest = hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    names = [os.path.splitext(os.path.basename(v))[0] for k, v in sorted(relevant.items())
+             if k.endswith("model_path") and v]
+    return os.path.join("runs", "-".join([script, *names[:1], digest]))
+
+
+def configure_logging(script: str, args) -> str:
+    """Log into --log_dir, else $OPENAI_LOGDIR, else runs/<script>-<checkpoint>-<hash>; returns the folder."""
+    return logger.configure(dir=args.log_dir or None, default=default_log_dir(script, args))
