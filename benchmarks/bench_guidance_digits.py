@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -49,18 +50,31 @@ INTERVAL = "0.3,5"  # the middle noise levels, where Kynkaenniemi et al. found g
 # (run name, method (the plot's curve), guidance flags as the scripts take them)
 RUNS = [
     ("unguided", "unguided", {}),
+    ("classifier 0.5", "classifier", {"classifier_scale": 0.5}),
     ("classifier 1", "classifier", {"classifier_scale": 1.0}),
     ("classifier 3", "classifier", {"classifier_scale": 3.0}),
+    (f"classifier 1.5 in ({INTERVAL}]", "classifier, interval",
+     {"classifier_scale": 1.5, "classifier_interval": INTERVAL}),
     (f"classifier 3 in ({INTERVAL}]", "classifier, interval", {"classifier_scale": 3.0, "classifier_interval": INTERVAL}),
+    (f"classifier 6 in ({INTERVAL}]", "classifier, interval", {"classifier_scale": 6.0, "classifier_interval": INTERVAL}),
+    ("cfg 1.25", "CFG", {"cfg_scale": 1.25}),
     ("cfg 1.5", "CFG", {"cfg_scale": 1.5}),
+    ("cfg 2", "CFG", {"cfg_scale": 2.0}),
     ("cfg 3", "CFG", {"cfg_scale": 3.0}),
+    (f"cfg 2 in ({INTERVAL}]", "CFG, interval", {"cfg_scale": 2.0, "cfg_interval": INTERVAL}),
     (f"cfg 3 in ({INTERVAL}]", "CFG, interval", {"cfg_scale": 3.0, "cfg_interval": INTERVAL}),
+    (f"cfg 5 in ({INTERVAL}]", "CFG, interval", {"cfg_scale": 5.0, "cfg_interval": INTERVAL}),
+    ("autoguide early 1.2", "autoguidance, 1/8 steps", {"guide": "early", "guide_scale": 1.2}),
     ("autoguide early 1.5", "autoguidance, 1/8 steps", {"guide": "early", "guide_scale": 1.5}),
     ("autoguide early 2.5", "autoguidance, 1/8 steps", {"guide": "early", "guide_scale": 2.5}),
     ("autoguide small 1.5", "autoguidance, smaller model", {"guide": "small", "guide_scale": 1.5}),
+    ("autoguide small 2", "autoguidance, smaller model", {"guide": "small", "guide_scale": 2.0}),
     ("autoguide small 2.5", "autoguidance, smaller model", {"guide": "small", "guide_scale": 2.5}),
+    ("autoguide small 3", "autoguidance, smaller model", {"guide": "small", "guide_scale": 3.0}),
     (f"autoguide early 2 + cfg 2 in ({INTERVAL}]", "combined",
      {"guide": "early", "guide_scale": 2.0, "cfg_scale": 2.0, "cfg_interval": INTERVAL}),
+    (f"autoguide small 2 + classifier 1.5 in ({INTERVAL}]", "combined",
+     {"guide": "small", "guide_scale": 2.0, "classifier_scale": 1.5, "classifier_interval": INTERVAL}),
 ]
 METRICS = ("recognized", "fd", "precision", "recall")
 
@@ -81,16 +95,29 @@ def load_classifier(path: str) -> torch.nn.Module:
     return load_network(create_classifier(**flags), path, "classifier_path")
 
 
+class Counted:
+    """A network function that counts the images it is evaluated on."""
+
+    def __init__(self, fn):
+        self.fn, self.images = fn, 0
+
+    def __call__(self, x, t, **kwargs):
+        self.images += len(x)
+        return self.fn(x, t, **kwargs)
+
+
 class Bench:
     """The networks, and one run = one guidance on one seed."""
 
     def __init__(self, args):
-        self.model_fn, self.diffusion, self.flags = load_model(args.model_path)
-        self.guides = {}
+        model_fn, self.diffusion, self.flags = load_model(args.model_path)
+        self.model_fn = Counted(model_fn)
+        self.guides, self.guide_fns = {}, {}
         for name, path in (("early", args.early_guide_path), ("small", args.small_guide_path)):
             fn, diffusion, _ = load_model(path)
-            self.guides[name] = Denoiser(diffusion, fn)
-        self.classifier = load_classifier(args.classifier_path)
+            self.guide_fns[name] = Counted(fn)
+            self.guides[name] = Denoiser(diffusion, self.guide_fns[name])
+        self.classifier = Counted(load_classifier(args.classifier_path))
         self.per_digit = args.per_digit
         self.options = SamplerOptions(sampler="heun", steps=18, clip_denoised=True)
 
@@ -103,6 +130,18 @@ class Bench:
             cond_fn=classifier_cond_fn(self.classifier, flags["classifier_scale"]) if "classifier_scale" in flags
             else None,
             classifier_interval=Interval.parse(flags.get("classifier_interval", ""), "classifier_interval"))
+
+    def passes(self, flags: dict) -> dict:
+        """Network evaluations per image of one run: the main network (null-label passes included), the guide
+        and the classifier (a forward and a backward pass each), counted on one image."""
+        counters = [self.model_fn, *self.guide_fns.values(), self.classifier]
+        for counter in counters:
+            counter.images = 0
+        with torch.no_grad():
+            run_sampler(self.diffusion, self.model_fn, (1, 3, 16, 16), {"y": torch.tensor([3])}, SampleRNG([0]),
+                        self.options, self.guidance(flags))
+        return {"main": self.model_fn.images, "guide": sum(f.images for f in self.guide_fns.values()),
+                "classifier": self.classifier.images}
 
     def sample(self, flags: dict, seed: int, batch: int = 120) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images and their requested digits (0-9 cycled)."""
@@ -120,6 +159,11 @@ class Bench:
         return np.concatenate(images), labels.numpy()
 
 
+def slug(name: str) -> str:
+    """A file-name form of a run name: "cfg 3 in (0.3,5]" -> "cfg_3_in_0.3_5"."""
+    return re.sub(r"[^0-9A-Za-z.]+", "_", name).strip("_")
+
+
 def run(bench: Bench, judge: DigitsJudge, seeds: list[int], results_path: str, out_dir: str) -> dict:
     """Every run on every seed, resuming from results_path; returns {run name: {per_seed: [...]}}."""
     results = {}
@@ -128,6 +172,7 @@ def run(bench: Bench, judge: DigitsJudge, seeds: list[int], results_path: str, o
             results = json.load(f)
     for name, method, flags in RUNS:
         row = results.setdefault(name, {"method": method, "flags": flags, "per_seed": {}})
+        row["passes"] = bench.passes(flags)
         for seed in seeds:
             if str(seed) in row["per_seed"]:
                 continue
@@ -137,7 +182,7 @@ def run(bench: Bench, judge: DigitsJudge, seeds: list[int], results_path: str, o
             metrics = judge.measure(images, labels, f"{name} seed {seed}")
             row["per_seed"][str(seed)] = {k: metrics[k] for k in METRICS} | {"seconds": seconds}
             if seed == seeds[0]:
-                save_grid(images[:100], os.path.join(out_dir, f"grid_{name.replace(' ', '_')}.png"), columns=10)
+                save_grid(images[:100], os.path.join(out_dir, f"grid_{slug(name)}.png"), columns=10)
             print(f"{name:38s} seed {seed}: recognized {metrics['recognized']:.3f} FD {metrics['fd']:6.1f} "
                   f"P {metrics['precision']:.3f} R {metrics['recall']:.3f} ({seconds:.0f} s)", flush=True)
             raw = json.dumps(results, indent=1).encode()
@@ -148,12 +193,13 @@ def run(bench: Bench, judge: DigitsJudge, seeds: list[int], results_path: str, o
 def summary(results: dict, seeds: list[int]) -> list[dict]:
     """Mean and std over seeds of every metric, and the paired FD difference to the unguided run."""
     base = results["unguided"]["per_seed"]
+    order = [name for name, _, _ in RUNS]
     rows = []
-    for name, row in results.items():
+    for name, row in sorted(results.items(), key=lambda item: order.index(item[0]) if item[0] in order else 1e9):
         per_seed = [row["per_seed"][str(s)] for s in seeds if str(s) in row["per_seed"]]
         if len(per_seed) < len(seeds):
             continue
-        out = {"name": name, "method": row["method"]}
+        out = {"name": name, "method": row["method"], "passes": row.get("passes")}
         for key in (*METRICS, "seconds"):
             out[key], out[f"{key}_std"] = mean_std([m[key] for m in per_seed])
         out["dfd"], out["dfd_std"] = mean_std([row["per_seed"][str(s)]["fd"] - base[str(s)]["fd"] for s in seeds])
@@ -162,12 +208,14 @@ def summary(results: dict, seeds: list[int]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | recognized | FD | FD − unguided (paired) | precision | recall | s / run |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | recognized | FD | FD − unguided (paired) | precision | recall | passes / image: model + guide "
+             "+ classifier |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        p = r["passes"] or {}
+        passes = " + ".join(str(p.get(k, "?")) for k in ("main", "guide", "classifier"))
         lines.append(f"| {r['name']} | {r['recognized']:.3f} ± {r['recognized_std']:.3f} | {r['fd']:.1f} ± "
                      f"{r['fd_std']:.1f} | {r['dfd']:+.1f} ± {r['dfd_std']:.1f} | {r['precision']:.3f} ± "
-                     f"{r['precision_std']:.3f} | {r['recall']:.3f} ± {r['recall_std']:.3f} | {r['seconds']:.0f} |")
+                     f"{r['precision_std']:.3f} | {r['recall']:.3f} ± {r['recall_std']:.3f} | {passes} |")
     return "\n".join(lines)
 
 
@@ -179,13 +227,15 @@ def plot(rows: list[dict], path: str) -> None:
 
     base = next(r for r in rows if r["name"] == "unguided")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.errorbar([base["recognized"]], [base["fd"]], yerr=[base["fd_std"]], marker="s", color="black", capsize=3,
-                linestyle="none", label="unguided")
+    ax.plot([base["recognized"]], [base["fd"]], marker="s", color="black", linestyle="none", label="unguided")
     for method in dict.fromkeys(r["method"] for r in rows if r["name"] != "unguided"):
         mine = [r for r in rows if r["method"] == method]
-        curve = [base, *mine] if len(mine) > 1 else mine  # a scale sweep starts at the unguided model
-        ax.errorbar([r["recognized"] for r in curve], [r["fd"] for r in curve], yerr=[r["fd_std"] for r in curve],
-                    marker="o", capsize=3, label=method, linestyle="-" if len(curve) > 1 else "none")
+        sweep = method != "combined"  # a scale sweep, drawn as a curve from the unguided model
+        curve = [base, *mine] if sweep else mine
+        ax.errorbar([r["recognized"] for r in curve], [r["fd"] for r in curve], yerr=[r["dfd_std"] for r in curve],
+                    marker="o" if sweep else "*", markersize=5 if sweep else 10, capsize=3, label=method,
+                    linestyle="-" if sweep else "none")
+    ax.set_title("error bars: spread over seeds of the paired FD difference to unguided", fontsize=8)
     finish_plot(fig, ax, path, "fraction recognized as the requested digit", "Fréchet distance to the real test digits",
                 legend_size=7)
 

@@ -6,7 +6,7 @@
 #      of 32) and a noisy classifier, all on the same noise schedule;
 #   2. benchmarks/bench_guidance_digits.py samples every method (Heun, 35 evaluations of the main model) and
 #      judges it with the digits judge; table and plot in benchmarks/.
-# Usage: bash benchmarks/guidance_digits.sh [--out runs/guidance_digits]   (about 75 minutes on 2 cores)
+# Usage: bash benchmarks/guidance_digits.sh [--out runs/guidance_digits]   (about 80 minutes on 2 cores)
 # A rerun resumes: finished training is not repeated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,6 @@ echo "guidance_digits: the noisy classifier (1500 steps)"
   --save_interval 1500 --log_interval 500 --resume_checkpoint auto
 
 ckpt() { printf '%s/%s/ema_0.995_%06d.pt' "$out" "$1" "$2"; }
-$py benchmarks/bench_guidance_digits.py --model_path "$(ckpt main "$steps")" \
+OMP_NUM_THREADS=$(nproc) $py benchmarks/bench_guidance_digits.py --model_path "$(ckpt main "$steps")" \
   --early_guide_path "$(ckpt main $((steps / 8)))" --small_guide_path "$(ckpt small "$steps")" \
   --classifier_path "$(printf '%s/classifier/model%06d.pt' "$out" 1500)" --out_dir "$out/bench"

@@ -67,13 +67,13 @@ def require_file(path: str, flag: str) -> None:
         raise FileNotFoundError(f"--{flag} not found: {path}")
 
 
-def default_log_dir(script: str, args, ignore=("batch_size", "log_dir", "grid", "progress")) -> str:
+def default_log_dir(script: str, args, ignore=("batch_size", "log_dir", "grid", "progress", "save_trajectory")) -> str:
     """runs/<script>-<checkpoint name>-<hash of the flags that change the samples>: a rerun of the same command
     lands in the same folder and resumes there."""
     relevant = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}
     digest = hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    names = [os.path.splitext(os.path.basename(v))[0] for k, v in sorted(relevant.items())
-             if k.endswith("model_path") and v]
+    paths = [relevant.get(k) for k in ("model_path", "base_model_path")]
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths if p]
     return os.path.join("runs", "-".join([script, *names[:1], digest]))
 
 

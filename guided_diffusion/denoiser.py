@@ -28,8 +28,9 @@ class Denoiser:
     def __init__(self, diffusion: GaussianDiffusion, model_fn: Callable, clip_denoised: bool = False,
                  fractional: bool = False):
         if diffusion.model_mean_type not in (ModelMeanType.EPSILON, ModelMeanType.START_X):
-            raise ValueError("the EDM samplers need a model predicting eps or x_0, not "
-                             f"{diffusion.model_mean_type.name}: use --sampler ddpm or ddim")
+            raise ValueError("the EDM samplers and guidance in sigma space (--cfg_scale, --guide_model_path, "
+                             "--classifier_interval) need a model predicting eps or x_0, not "
+                             f"{diffusion.model_mean_type.name}: use --sampler ddpm or ddim without them")
         self.diffusion = diffusion
         self.model_fn = model_fn
         self.clip_denoised = clip_denoised
@@ -77,8 +78,10 @@ class Denoiser:
 
     def sigma_of_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """The level u_j (float64) of the network timesteps t handed out by the process (inverse of timestep)."""
-        trained = self.trained_timesteps.to(t.device)
-        index = torch.searchsorted(trained, t.double()).clamp(max=len(trained) - 1)
+        trained, t = self.trained_timesteps.to(t.device), t.double()
+        index = torch.searchsorted(trained, t).clamp(max=len(trained) - 1)
+        if not torch.equal(trained[index], t):
+            raise ValueError(f"timesteps {t.tolist()} are not all among the process's {len(trained)} timesteps")
         return self.sigmas.to(t.device)[index]
 
     def with_extra(self, x: torch.Tensor, sigma, **model_kwargs) -> tuple[torch.Tensor, torch.Tensor]:

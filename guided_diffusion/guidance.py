@@ -78,12 +78,15 @@ class Interval:
 
 @dataclass
 class Reference:
-    """A mixing term (w - 1)(D - R): R is the null-label pass (CFG) or a weaker model (autoguidance)."""
+    """A mixing term (w - 1)(D - R). R is either the main network on other inputs, relabel(model_kwargs) (CFG:
+    the null label), evaluated in one batch with D where the term is active for every sample, or another
+    network's denoiser (autoguidance)."""
 
     name: str
     scale: float
     interval: Interval
-    denoise: DenoiseFn
+    denoise: DenoiseFn | None = None
+    relabel: Callable[[dict], dict] | None = None
 
 
 @dataclass
@@ -107,6 +110,12 @@ def broadcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _rows(kwargs: dict, index: torch.Tensor) -> dict:
     return {k: v[index] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
+def _stack(kwargs: list[dict]) -> dict:
+    """Model kwargs of several passes concatenated along the batch (non-tensor values from the first)."""
+    return {k: torch.cat([kw[k] for kw in kwargs]) if isinstance(v, torch.Tensor) else v
+            for k, v in kwargs[0].items()}
 
 
 def on_active(mask: torch.Tensor, fn: Callable, x: torch.Tensor, sigma: torch.Tensor, kwargs: dict):
@@ -141,11 +150,23 @@ class GuidedDenoiser:
     def mixed(self, x: torch.Tensor, sigma, **model_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """(D + the mixing terms, unclipped; the main model's extra output channels)."""
         sigma = per_sample(sigma, x)
-        denoised, extra = self.main.with_extra(x, sigma, **model_kwargs)
+        masks = [ref.interval.contains(sigma) for ref in self.references]
+        joint = [ref.relabel is not None and bool(mask.all()) for ref, mask in zip(self.references, masks)]
+        if len(self.references) == 1 and joint[0] and self.references[0].scale == 0:  # D_null alone: one pass
+            return self.main.with_extra(x, sigma, **self.references[0].relabel(model_kwargs))
+        # The main network's passes (D, and the relabelled ones active everywhere) in one batch.
+        passes = [model_kwargs] + [ref.relabel(model_kwargs) for ref, j in zip(self.references, joint) if j]
+        n = len(passes)
+        denoised, extra = self.main.with_extra(x.repeat(n, *[1] * (x.ndim - 1)), sigma.repeat(n), **_stack(passes))
+        outputs = iter(denoised.chunk(n)[1:])
+        denoised, extra = denoised.chunk(n)[0], extra.chunk(n)[0]
         mixed = denoised
-        for ref in self.references:
-            mask = ref.interval.contains(sigma)
-            other = on_active(mask, ref.denoise, x, sigma, model_kwargs)
+        for ref, mask, j in zip(self.references, masks, joint):
+            if j:
+                other = next(outputs)
+            else:
+                fn = ref.denoise or (lambda x, s, ref=ref, **kw: self.main(x, s, **ref.relabel(kw)))
+                other = on_active(mask, fn, x, sigma, model_kwargs)
             if other is not None:
                 mixed = mixed.clone()
                 mixed[mask] += (ref.scale - 1) * (denoised[mask] - other)
@@ -222,15 +243,34 @@ def classifier_cond_fn(classifier: torch.nn.Module, scale: float, use_bf16: bool
     return cond_fn
 
 
-def classifier_free_reference(main: Denoiser, null_label: int) -> DenoiseFn:
-    """The unconditional pass of a model trained with label dropout: D(x; sigma) with every label null."""
+def null_labels(null_label: int) -> Callable[[dict], dict]:
+    """CFG's relabelling: the model kwargs with every label replaced by the null label of label dropout."""
 
-    def unconditional(x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None, **model_kwargs):
+    def relabel(model_kwargs: dict) -> dict:
+        y = model_kwargs.get("y")
         if y is None:
             raise ValueError("classifier-free guidance needs labels y")
-        return main(x, sigma, y=torch.full_like(y, null_label), **model_kwargs)
+        return {**model_kwargs, "y": torch.full_like(y, null_label)}
 
-    return unconditional
+    return relabel
+
+
+def check_guidance(cfg_scale: float, has_null_label: bool, cfg_interval: Interval, has_guide: bool,
+                   guide_scale: float, guide_interval: Interval, has_classifier: bool,
+                   classifier_interval: Interval) -> None:
+    """One-line errors for guidance flags that cannot work together (before any network is loaded)."""
+    if cfg_scale != 1 and not has_null_label:
+        raise ValueError(f"--cfg_scale {cfg_scale} needs a class-conditional model trained with label dropout "
+                         "(image_train.py --class_cond True --class_dropout_prob 0.1); this one has no null label")
+    if guide_scale != 1 and not has_guide:
+        raise ValueError(f"--guide_scale {guide_scale} needs a guide model: --guide_model_path")
+    unused = [("cfg_interval", cfg_interval, cfg_scale != 1, "--cfg_scale other than 1"),
+              ("guide_interval", guide_interval, has_guide and guide_scale != 1,
+               "--guide_model_path and --guide_scale other than 1"),
+              ("classifier_interval", classifier_interval, has_classifier, "--classifier_path")]
+    for flag, interval, used, needs in unused:
+        if not interval.always and not used:
+            raise ValueError(f"--{flag} is given without its guidance: it needs {needs}")
 
 
 @dataclass
@@ -248,18 +288,8 @@ class Guidance:
     classifier_interval: Interval = Interval()
 
     def __post_init__(self):
-        if self.cfg_scale != 1 and self.null_label is None:
-            raise ValueError(f"--cfg_scale {self.cfg_scale} needs a class-conditional model trained with label "
-                             "dropout (image_train.py --class_cond True --class_dropout_prob 0.1); this one has "
-                             "no null label")
-        if self.guide_scale != 1 and self.guide is None:
-            raise ValueError(f"--guide_scale {self.guide_scale} needs a guide model: --guide_model_path")
-        unused = [("cfg_interval", self.cfg_interval, self.cfg_scale != 1, "--cfg_scale other than 1"),
-                  ("guide_interval", self.guide_interval, self.guide is not None, "--guide_model_path"),
-                  ("classifier_interval", self.classifier_interval, self.cond_fn is not None, "a classifier")]
-        for flag, interval, used, needs in unused:
-            if not interval.always and not used:
-                raise ValueError(f"--{flag} is given without its guidance: it needs {needs}")
+        check_guidance(self.cfg_scale, self.null_label is not None, self.cfg_interval, self.guide is not None,
+                       self.guide_scale, self.guide_interval, self.cond_fn is not None, self.classifier_interval)
 
     @property
     def active(self) -> list[tuple[str, Interval]]:
@@ -275,13 +305,13 @@ class Guidance:
             if not interval.always:
                 interval.check_reaches(levels, flag)
 
-    def references(self, main: Denoiser) -> list[Reference]:
+    def references(self) -> list[Reference]:
+        """The mixing terms that are on."""
         out = []
         if self.cfg_scale != 1:
-            out.append(Reference("cfg", self.cfg_scale, self.cfg_interval,
-                                 classifier_free_reference(main, self.null_label)))
+            out.append(Reference("cfg", self.cfg_scale, self.cfg_interval, relabel=null_labels(self.null_label)))
         if self.guide is not None and self.guide_scale != 1:
-            out.append(Reference("autoguidance", self.guide_scale, self.guide_interval, self.guide))
+            out.append(Reference("autoguidance", self.guide_scale, self.guide_interval, denoise=self.guide))
         return out
 
     @property
@@ -294,7 +324,7 @@ class Guidance:
         classifier = None
         if self.cond_fn is not None:
             classifier = ClassifierTerm(self.cond_fn, self.classifier_interval, main.timestep)
-        return GuidedDenoiser(main, self.references(main), classifier, clip_denoised)
+        return GuidedDenoiser(main, self.references(), classifier, clip_denoised)
 
     def process_model_fn(self, main: Denoiser) -> Callable:
         """The network function DDPM/DDIM call: the main model's, or D~'s mixing terms in its parameterization."""

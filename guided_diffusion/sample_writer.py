@@ -130,24 +130,22 @@ def generate(writer: SampleWriter, batch_size: int, make_batch: Callable, grid: 
 
 class Trajectory:
     """A sampler callback that keeps the denoised estimate D(x_i; sigma_i) of the first `count` images at every
-    step (at most max_columns steps, evenly spaced, for long chains such as DDPM-1000) and writes them as a
-    PNG strip: one row per image, one column per step from the noisiest on the left, the final image last."""
+    step (at most max_columns - 1 of the run's `steps` steps, evenly spaced, for long chains such as DDPM-1000)
+    and writes them as a PNG strip: one row per image, one column per step from the noisiest on the left, the
+    final image last."""
 
-    def __init__(self, count: int, max_columns: int = 100):
+    def __init__(self, count: int, steps: int, max_columns: int = 100):
         self.count = count
-        self.max_columns = max_columns
+        self.keep = set(np.linspace(0, steps - 1, min(steps, max_columns - 1)).round().astype(int).tolist())
         self.columns: list[np.ndarray] = []
 
     def __call__(self, i: int, sigma: torch.Tensor, x: torch.Tensor, denoised: torch.Tensor) -> None:
-        self.columns.append(to_uint8(denoised[:self.count].float()))
+        if i in self.keep:
+            self.columns.append(to_uint8(denoised[:self.count].float()))
 
     def save(self, path: str, final: np.ndarray) -> None:
         """Write the strip with the final images `final` (uint8 NHWC) as the last column."""
-        columns = self.columns
-        if len(columns) > self.max_columns - 1:
-            keep = np.linspace(0, len(columns) - 1, self.max_columns - 1).round().astype(int)
-            columns = [columns[k] for k in keep]
-        columns = [*columns, final[:self.count]]
+        columns = [*self.columns, final[:self.count]]
         rows, steps = len(columns[0]), len(columns)
         # save_grid fills row by row: order the images image-major so each row is one image's trajectory.
         images = np.stack([columns[s][r] for r in range(rows) for s in range(steps)])

@@ -13,7 +13,7 @@ import torch
 from . import dist_util, samplers
 from .denoiser import Denoiser
 from .gaussian_diffusion import GaussianDiffusion
-from .guidance import Guidance, broadcast
+from .guidance import Guidance
 from .rng import SampleRNG
 
 SIGMA_SCHEDULES = ("karras", "model")
@@ -109,6 +109,13 @@ def visited_levels(diffusion: GaussianDiffusion, options: SamplerOptions) -> tor
     return noise_levels(Denoiser(diffusion, lambda x, t: x), options)
 
 
+def step_count(diffusion: GaussianDiffusion, options: SamplerOptions) -> int:
+    """How many steps (callbacks) a run takes."""
+    if options.name in PROCESS_SAMPLERS:
+        return diffusion.num_timesteps
+    return len(visited_levels(diffusion, options)) - 1
+
+
 def _process_loop(diffusion: GaussianDiffusion, model_fn: Callable, shape, model_kwargs: dict, rng: SampleRNG,
                   options: SamplerOptions, guidance: Guidance, callback: samplers.Callback | None,
                   device: torch.device) -> torch.Tensor:
@@ -119,16 +126,16 @@ def _process_loop(diffusion: GaussianDiffusion, model_fn: Callable, shape, model
         model_fn, cond_fn = guidance.process_model_fn(main), guidance.process_cond_fn(main)
     else:
         cond_fn = guidance.cond_fn
-    common = dict(clip_denoised=options.clip_denoised, model_kwargs=model_kwargs, cond_fn=cond_fn, device=device,
-                  progress=options.progress, rng=rng)
+    x_t = rng.randn(shape, device=device)  # x_T, drawn as the loops would
+    common = dict(noise=x_t, clip_denoised=options.clip_denoised, model_kwargs=model_kwargs, cond_fn=cond_fn,
+                  device=device, progress=options.progress, rng=rng)
     steps = PROCESS_SAMPLERS[options.name](diffusion, model_fn, shape, common, options)
-    sigmas = process_sigmas(diffusion).flip(0)
-    out = None
+    sigmas = process_sigmas(diffusion).flip(0).to(device)
     for i, out in enumerate(steps):
-        if callback is not None:
-            sigma = sigmas[i].to(device)
-            callback(i, sigma, out["sample"] * broadcast((sigma**2 + 1).sqrt(), out["sample"]), out["pred_xstart"])
-    return out["sample"]
+        if callback is not None:  # x in the variance-exploding view: x_t / sqrt(alpha_bar) at the step's input
+            callback(i, sigmas[i], x_t * (sigmas[i] ** 2 + 1).sqrt(), out["pred_xstart"])
+        x_t = out["sample"]
+    return x_t
 
 
 def _ddpm(diffusion: GaussianDiffusion, model_fn: Callable, shape, common: dict, options: SamplerOptions):

@@ -2,9 +2,9 @@
 
 Every sampler has one signature, sampler(denoise, x, sigmas, rng, callback, progress, **its own options):
 denoise(x, sigma) -> D, the start x at sigmas[0], decreasing noise levels ending in 0, the per-sample random
-streams, and callback(i, sigma_i, x_i, denoised_i) after each step; it returns x at sigma = 0. SAMPLERS holds
-them by name. Equations refer to Karras et al. 2022 (EDM) and Lu et al. 2022 (DPM-Solver++). All noise comes
-from a SampleRNG, so sample i depends only on its own seed.
+streams, and callback(i, sigma_i, x_i, denoised_i) at each step (its input and the denoised estimate there); it
+returns x at sigma = 0. SAMPLERS holds them by name. Equations refer to Karras et al. 2022 (EDM) and Lu et al.
+2022 (DPM-Solver++). All noise comes from a SampleRNG, so sample i depends only on its own seed.
 """
 
 from __future__ import annotations

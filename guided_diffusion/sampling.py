@@ -31,10 +31,10 @@ from .checkpoint_flags import (
 )
 from .denoiser import Denoiser
 from .fileio import NpzArray
-from .guidance import Guidance, Interval, classifier_cond_fn
+from .guidance import Guidance, Interval, check_guidance, classifier_cond_fn
 from .rng import SampleRNG
 from .sample_writer import Trajectory, to_uint8
-from .sampler_dispatch import SamplerOptions, run_sampler, visited_levels
+from .sampler_dispatch import SamplerOptions, run_sampler, step_count, visited_levels
 from .script_util import args_to_dict, null_label
 
 
@@ -90,7 +90,8 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
     guide = guide_args(args, architecture, size_flag)
     for check in checks:
         check()
-    sampler_options(args)  # bad sampler flags fail before any process starts
+    guidance_settings(args)  # bad guidance and sampler flags fail before any process starts
+    sampler_options(args)
     dist_util.setup_dist()
     configure_logging(script, args)
     return guide
@@ -106,15 +107,28 @@ def guide_args(args, architecture: dict, size_flag: str = "image_size") -> argpa
     require_file(args.guide_model_path, "guide_model_path")
     guide = namespace_from_flags(architecture, args.guide_flags, args.guide_model_path, "guide_model_path")
     where = f"--guide_model_path {args.guide_model_path}"
-    if getattr(guide, size_flag) != getattr(args, size_flag):
-        raise ValueError(f"{where} makes {getattr(guide, size_flag)}x{getattr(guide, size_flag)} images but the "
-                         f"model makes {getattr(args, size_flag)}x{getattr(args, size_flag)}: a guide must be a "
-                         "weaker model of the same task")
+    for flag in (size_flag, "small_size"):  # an upsampler's input size must match too
+        if hasattr(args, flag) and getattr(guide, flag) != getattr(args, flag):
+            what = "makes" if flag == size_flag else "upsamples"
+            raise ValueError(f"{where} {what} {getattr(guide, flag)}x{getattr(guide, flag)} images but the model "
+                             f"{what} {getattr(args, flag)}x{getattr(args, flag)}: a guide must be a weaker model of "
+                             "the same task")
     if guide.class_cond and (not args.class_cond or guide.num_classes != args.num_classes):
         model_labels = f"{args.num_classes} classes" if args.class_cond else "no labels"
         raise ValueError(f"{where} is conditioned on {guide.num_classes} classes but the model on "
                          f"{model_labels}: a guide must know the model's label set")
     return guide
+
+
+def match_classifier(args, classifier: dict, path: str) -> None:
+    """A classifier must take the model's image size and a class-conditional model's label set; an unconditional
+    model takes the classifier's labels. classifier: the classifier's flags (its args.json)."""
+    if not args.class_cond and "num_classes" in classifier:
+        args.num_classes = classifier["num_classes"]
+    for key, what in (("image_size", "image size"), ("num_classes", "number of classes")):
+        if key in classifier and classifier[key] != getattr(args, key):
+            raise ValueError(f"the classifier {path} was trained with {key} {classifier[key]} but the model uses "
+                             f"{getattr(args, key)}: use a classifier of the model's {what}")
 
 
 def build(create: Callable, flags, architecture: dict, path: str, flag: str, use_fp16: bool = False):
@@ -124,14 +138,30 @@ def build(create: Callable, flags, architecture: dict, path: str, flag: str, use
     return model, diffusion
 
 
+def guidance_settings(args) -> dict:
+    """The guidance flags as Guidance arguments (without the networks), checked: one-line errors for bad
+    intervals and for guidance that cannot work with this model or without its network."""
+    dropout = getattr(args, "class_dropout_prob", 0.0)  # upsamplers have no label dropout
+    settings = dict(cfg_scale=args.cfg_scale, null_label=null_label(args.num_classes, dropout) if args.class_cond
+                    else None, cfg_interval=Interval.parse(args.cfg_interval, "cfg_interval"),
+                    guide_scale=args.guide_scale, guide_interval=Interval.parse(args.guide_interval, "guide_interval"),
+                    classifier_interval=Interval.parse(getattr(args, "classifier_interval", ""),
+                                                       "classifier_interval"))
+    check_guidance(settings["cfg_scale"], settings["null_label"] is not None, settings["cfg_interval"],
+                   bool(args.guide_model_path), args.guide_scale, settings["guide_interval"],
+                   bool(getattr(args, "classifier_path", "")), settings["classifier_interval"])
+    return settings
+
+
 def guidance_from_args(args, guide: argparse.Namespace | None, create: Callable, architecture: dict,
                        classifier: torch.nn.Module | None = None) -> Guidance:
     """Guidance from the flags: CFG (--cfg_scale, --cfg_interval), autoguidance by the guide model
     (--guide_scale, --guide_interval) and classifier guidance (--classifier_scale, --classifier_interval)."""
-    dropout = getattr(args, "class_dropout_prob", 0.0)  # upsamplers have no label dropout
-    null = null_label(args.num_classes, dropout) if args.class_cond else None
     guide_denoiser = None
-    if guide is not None:
+    if guide is not None and args.guide_scale == 1:
+        logger.warn(f"--guide_model_path {args.guide_model_path} with --guide_scale 1 is the model alone: the guide "
+                    "is not loaded")
+    elif guide is not None:
         logger.log(f"loading the guide model {args.guide_model_path}...")
         guide_model, guide_diffusion = build(create, guide, architecture, args.guide_model_path,
                                              "guide_model_path", guide.use_fp16)
@@ -139,11 +169,7 @@ def guidance_from_args(args, guide: argparse.Namespace | None, create: Callable,
     cond_fn = None
     if classifier is not None:
         cond_fn = classifier_cond_fn(classifier, args.classifier_scale, args.use_bf16)
-    return Guidance(
-        cfg_scale=args.cfg_scale, null_label=null, cfg_interval=Interval.parse(args.cfg_interval, "cfg_interval"),
-        guide=guide_denoiser, guide_scale=args.guide_scale,
-        guide_interval=Interval.parse(args.guide_interval, "guide_interval"), cond_fn=cond_fn,
-        classifier_interval=Interval.parse(getattr(args, "classifier_interval", ""), "classifier_interval"))
+    return Guidance(guide=guide_denoiser, cond_fn=cond_fn, **guidance_settings(args))
 
 
 def load_network(model: torch.nn.Module, path: str, flag: str, use_fp16: bool = False) -> torch.nn.Module:
@@ -169,7 +195,6 @@ def model_fn_for(model, class_cond: bool, use_bf16: bool = False) -> Callable:
             return model(x, t, y=y if class_cond else None, **kwargs).float()
 
     return model_fn
-
 
 
 # ----- labels and batches ---------------------------------------------------------------------------------
@@ -199,16 +224,20 @@ def labels_for(indices: list[int], seed: int, num_classes: int, classes: list[in
                         dtype=torch.long)
 
 
-def _trajectory_for(indices: list[int], count: int) -> Trajectory | None:
+def _trajectory_for(indices: list[int], count: int, steps: int) -> Trajectory | None:
     """A Trajectory for the batch that starts at sample 0, when --save_trajectory asks for one."""
-    return Trajectory(min(count, len(indices))) if count > 0 and indices[0] == 0 else None
+    if count <= 0 or indices[0] != 0:
+        return None
+    if count > len(indices):
+        logger.warn(f"--save_trajectory {count}: the first batch holds {len(indices)} images, the strip shows those")
+    return Trajectory(min(count, len(indices)), steps)
 
 
 def _sample(diffusion, model_fn: Callable, shape, kwargs: dict, indices: list[int], args, options: SamplerOptions,
             guidance: Guidance) -> np.ndarray:
     """uint8 NHWC samples of one batch, with the trajectory strip when this batch holds sample 0."""
     rng = SampleRNG([args.seed + i for i in indices])
-    trajectory = _trajectory_for(indices, args.save_trajectory)
+    trajectory = _trajectory_for(indices, args.save_trajectory, step_count(diffusion, options))
     sample = run_sampler(diffusion, model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
                          device=dist_util.dev())
     images = to_uint8(sample)

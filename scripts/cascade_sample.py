@@ -43,11 +43,18 @@ def main(argv: list[str] | None = None) -> None:
     base_architecture, sr_architecture = model_and_diffusion_defaults(), sr_model_and_diffusion_defaults()
     base = stage_args(args, base_architecture, args.base_flags, args.base_model_path, "base_model_path")
     sr = stage_args(args, sr_architecture, args.sr_flags, args.sr_model_path, "sr_model_path")
-    sr.cfg_scale = 1.0  # guidance steers the base stage
     if sr.small_size != base.image_size:
         raise ValueError(f"the base model makes {base.image_size}x{base.image_size} images but the upsampler takes "
                          f"--small_size {sr.small_size}")
+    clf = None
+    if args.classifier_path:  # defaults from the base model, then the classifier's args.json, then its flags
+        clf_defaults = {**classifier_defaults(), "image_size": base.image_size, "num_classes": base.num_classes}
+        clf = stage_args(args, clf_defaults, args.classifier_flags, args.classifier_path, "classifier_path")
+        sampling.match_classifier(base, vars(clf), args.classifier_path)
+    base.classifier_path, base.classifier_scale = args.classifier_path, args.classifier_scale
+    base.classifier_interval = args.classifier_interval
     guide = sampling.guide_args(base, base_architecture)
+    sampling.guidance_settings(base)
     sampling.sampler_options(args)
     dist_util.setup_dist()
     folder = configure_logging("cascade_sample", args)
@@ -55,13 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     model, diffusion = sampling.build(create_model_and_diffusion, base, base_architecture, args.base_model_path,
                                       "base_model_path", base.use_fp16)
     classifier = None
-    if args.classifier_path:
-        clf = stage_args(args, classifier_defaults(), f"--image_size {base.image_size} "
-                         f"--num_classes {base.num_classes} {args.classifier_flags}", args.classifier_path,
-                         "classifier_path")
+    if clf is not None:
         classifier = create_classifier(**args_to_dict(clf, classifier_defaults().keys()))
         sampling.load_network(classifier, args.classifier_path, "classifier_path", clf.classifier_use_fp16)
-    base.classifier_scale, base.classifier_interval = args.classifier_scale, args.classifier_interval
     guidance = sampling.guidance_from_args(base, guide, create_model_and_diffusion, base_architecture, classifier)
     logger.log("stage 1: base samples")
     base_writer = SampleWriter(os.path.join(folder, "base"), args.num_samples, base.image_size, base.image_size,

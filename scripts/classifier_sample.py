@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         require_file(args.classifier_path, "classifier_path")
         keys = [k for k in classifier_defaults() if k.startswith("classifier_")]
         saved = apply_checkpoint_args(args, args.classifier_path, keys, explicit_flags(argv), "classifier_path")
-        check_classifier_matches(args, saved)
+        sampling.match_classifier(args, saved or {}, args.classifier_path)
 
     guide = sampling.prepare("classifier_sample", args, architecture, argv, checks=(classifier_matches,))
 
@@ -44,21 +44,6 @@ def main(argv: list[str] | None = None) -> None:
     logger.log("sampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size, with_labels=True)
     generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args, guidance), grid=args.grid)
-
-
-def check_classifier_matches(args, saved):
-    """A classifier trained here must match the model's image size, and a class-conditional model's label set
-    (an unconditional model takes the classifier's labels)."""
-    if not saved:
-        return
-    if not args.class_cond and "num_classes" in saved:
-        args.num_classes = saved["num_classes"]
-    for key, what in (("image_size", "image size"), ("num_classes", "number of classes")):
-        if key in saved and saved[key] != getattr(args, key):
-            raise ValueError(
-                f"the classifier {args.classifier_path} was trained with {key} {saved[key]} but the model uses "
-                f"{getattr(args, key)}: use a classifier of the model's {what}"
-            )
 
 
 def create_argparser():

@@ -129,11 +129,15 @@ def run_main(script: str, args: list) -> tuple[int, str]:
     argv = [str(a) for a in args]
     stderr = io.StringIO()
     code = 0
+    environ = dict(os.environ)  # the process-group set-up writes RANK, MASTER_PORT, ...: keep them from leaking
     with contextlib.redirect_stderr(stderr):
         try:
             cli.run(lambda: module.main(argv), script=script)
         except SystemExit as e:
             code = e.code
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
     return code, stderr.getvalue().strip()
 
 

@@ -15,7 +15,7 @@ from launch import read_samples, run_main, run_script
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion import logger, samplers
 from guided_diffusion.denoiser import Denoiser
-from guided_diffusion.guidance import Guidance, classifier_free_reference
+from guided_diffusion.guidance import Guidance, null_labels
 from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels
 from guided_diffusion.script_util import (
     create_model_and_diffusion,
@@ -110,8 +110,14 @@ def test_guided_denoiser_and_process_prediction_are_the_cfg_combination():
     got = Guidance(cfg_scale=2.5, null_label=7).process_model_fn(plain)(x_t, t, y=y)
     torch.testing.assert_close(got[:, :3], uncond[:, :3] + 2.5 * (cond[:, :3] - uncond[:, :3]))
     torch.testing.assert_close(got[:, 3:], cond[:, 3:])
+    torch.testing.assert_close(Guidance(cfg_scale=0.0, null_label=7).process_model_fn(plain)(x_t, t, y=y), uncond)
+    calls = []
+    counted = Denoiser(diffusion, lambda x, t, y=None: calls.append(len(x)) or _toy_model_fn(x, t, y))
+    Guidance(cfg_scale=2.5, null_label=7).bind(counted)(x, 3.0, y=y)
+    Guidance(cfg_scale=0.0, null_label=7).bind(counted)(x, 3.0, y=y)
+    assert calls == [4, 2]  # one doubled batch; scale 0 is the unconditional pass alone
     with pytest.raises(ValueError, match="classifier-free guidance needs labels y"):
-        classifier_free_reference(plain, 7)(x, torch.full((2,), 3.0, dtype=torch.float64))
+        null_labels(7)({})
 
 
 def test_guidance_scale_one_is_the_conditional_model_through_heun():

@@ -57,8 +57,10 @@ def test_an_interval_must_reach_a_noise_level_and_needs_its_guidance():
         Guidance(cfg_interval=Interval(1, 2))
     with pytest.raises(ValueError, match="--guide_interval is given without its guidance: it needs --guide_model"):
         Guidance(guide_interval=Interval(1, 2))
-    with pytest.raises(ValueError, match="--classifier_interval is given without its guidance: it needs a classif"):
+    with pytest.raises(ValueError, match="--classifier_interval is given without its guidance: it needs --classif"):
         Guidance(classifier_interval=Interval(1, 2))
+    with pytest.raises(ValueError, match="--guide_interval .* needs --guide_model_path and --guide_scale other than"):
+        Guidance(guide=lambda x, sigma, **kw: x, guide_interval=Interval(1, 2))
     with pytest.raises(ValueError, match="--guide_scale 2.0 needs a guide model: --guide_model_path"):
         Guidance(guide_scale=2.0)
 
@@ -158,6 +160,16 @@ def test_no_network_calls_outside_the_intervals():
 
 # ----- DDPM, DDIM and the sigma-space samplers through the same module -----------------------------------------
 
+@pytest.mark.parametrize("respacing, rescale", [(None, False), ("ddim7", False), ("13", True)])
+def test_sigma_of_timestep_inverts_the_networks_timesteps(respacing, rescale):
+    diffusion = make_diffusion(100, "linear", respacing=respacing, rescale=rescale)
+    denoiser = Denoiser(diffusion, lambda x, t: x)
+    timesteps = diffusion._model_timesteps(torch.arange(diffusion.num_timesteps))
+    torch.testing.assert_close(denoiser.sigma_of_timestep(timesteps), denoiser.sigmas, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="are not all among the process's"):
+        denoiser.sigma_of_timestep(timesteps[:2].double() + 0.5)
+
+
 class Counted:
     def __init__(self, fn):
         self.fn, self.samples = fn, 0
@@ -184,11 +196,19 @@ def test_ddim_with_cfg_and_autoguidance_equals_euler_on_the_models_levels():
     guidance = Guidance(cfg_scale=2.0, null_label=4, guide=Denoiser(_diffusion("100"), guide_net), guide_scale=1.5,
                         guide_interval=Interval(0.5, 50))
     kwargs = {"y": torch.tensor([0, 3])}
-    runs = {}
+    runs, steps = {}, {}
     for name in ("ddim", "euler"):
         options = SamplerOptions(sampler=name, sigma_schedule="model", clip_denoised=False)
-        runs[name] = run_sampler(diffusion, model, (2, 3, 8, 8), kwargs, SampleRNG([0, 1]), options, guidance)
+        steps[name] = []
+        runs[name] = run_sampler(diffusion, model, (2, 3, 8, 8), kwargs, SampleRNG([0, 1]), options, guidance,
+                                 callback=lambda *step, name=name: steps[name].append(step))
     torch.testing.assert_close(runs["ddim"], runs["euler"], rtol=1e-4, atol=1e-4)
+    # The callbacks see the same steps: (i, sigma_i, the step's input x_i, its denoised estimate).
+    assert len(steps["ddim"]) == len(steps["euler"]) == 10
+    for (i, sigma, x, denoised), (j, sigma_e, x_e, denoised_e) in zip(steps["ddim"], steps["euler"]):
+        assert i == j and float(sigma) == pytest.approx(float(sigma_e))
+        torch.testing.assert_close(x.double(), x_e.double(), rtol=1e-4, atol=1e-4 * (1 + float(sigma)))
+        torch.testing.assert_close(denoised.double(), denoised_e.double(), rtol=1e-4, atol=1e-4)
     plain = run_sampler(diffusion, model, (2, 3, 8, 8), kwargs, SampleRNG([0, 1]),
                         SamplerOptions(sampler="ddim", clip_denoised=False))
     assert (runs["ddim"] - plain).abs().max() > 1e-2
