@@ -1,0 +1,98 @@
+"""EDM2's network (guided_diffusion/edm2.py) against NVlabs' own: the 13 released presets' state dicts (names,
+shapes, parameter counts) and a small network's outputs, learned uncertainty, training loss and forced weight
+normalization (tests/fixtures/reference/edm2, see its README)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from guided_diffusion import edm2
+
+from reference import REFERENCE, formula_weights
+
+EDM2 = os.path.join(REFERENCE, "edm2")
+PRESETS = sorted(f[:-5] for f in os.listdir(os.path.join(EDM2, "manifests")))
+
+
+def _json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_released_presets_have_nvlabs_state_dicts(preset):
+    manifest = _json(os.path.join(EDM2, "manifests", preset + ".json"))
+    with torch.device("meta"):
+        net = edm2.Precond(**manifest["init_kwargs"])
+    state = {name: list(t.shape) for name, t in net.state_dict().items()}
+    assert state == manifest["state_dict"]
+    assert list(state) == list(manifest["state_dict"])  # the same order too
+    assert sum(p.numel() for p in net.parameters()) == manifest["num_params"]
+
+
+def test_thirteen_presets_from_124m_to_1_5g_parameters():
+    sizes = {p: _json(os.path.join(EDM2, "manifests", p + ".json"))["num_params"] for p in PRESETS}
+    assert len(sizes) == 13
+    assert min(sizes.values()) > 124e6 and max(sizes.values()) < 1.53e9
+
+
+@pytest.fixture(scope="module")
+def small():
+    meta = _json(os.path.join(EDM2, "edm2_small_precond.json"))
+    with np.load(os.path.join(EDM2, "edm2_small_precond.npz")) as data:
+        golden = {k: torch.from_numpy(data[k]) for k in data.files}
+    net = formula_weights(edm2.Precond(**meta["init_kwargs"]))
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.endswith("out_gain"):
+                param.fill_(1.0)
+            elif name.endswith("emb_gain"):
+                param.fill_(0.5)
+    return net, golden, meta["init_kwargs"]["label_dim"]
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-5) -> None:
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= rel * scale, (float((got - want).abs().max()), scale)
+
+
+def test_denoiser_and_uncertainty_match_nvlabs(small):
+    net, golden, label_dim = small
+    net.eval()
+    onehot = torch.nn.functional.one_hot(golden["labels"].long(), label_dim).float()
+    with torch.no_grad():
+        denoised, logvar = net(golden["x"], golden["sigma"], onehot, return_logvar=True)
+    assert golden["sigma"].min() <= 0.002 and golden["sigma"].max() >= 80  # the whole noise range
+    _close(denoised, golden["D"])
+    _close(logvar, golden["logvar"])
+
+
+def test_training_loss_and_forced_weight_normalization_match_nvlabs(small):
+    net, golden, label_dim = small
+    net = formula_weights(net)  # fresh formula weights: the loss forward rewrites them
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.endswith("out_gain"):
+                param.fill_(1.0)
+            elif name.endswith("emb_gain"):
+                param.fill_(0.5)
+    net.train()
+    onehot = torch.nn.functional.one_hot(golden["labels"].long(), label_dim).float()
+    sigma = (golden["rnd_normal"] * golden["P_std"] + golden["P_mean"]).exp()
+    weight = (sigma**2 + 0.25) / (0.5 * sigma) ** 2
+    denoised, logvar = net(golden["images"] + golden["unit_noise"] * sigma, sigma, onehot, return_logvar=True)
+    loss = weight / logvar.exp() * (denoised - golden["images"]) ** 2 + logvar
+    _close(loss.detach(), golden["loss"])
+    state = net.state_dict()
+    after = {k.split("/", 1)[1]: v for k, v in golden.items() if k.startswith("weight_after_train_forward/")}
+    assert len(after) >= 5
+    for name, want in after.items():
+        _close(state[name], want, rel=1e-6)
+        norms = state[name].flatten(1).norm(dim=1) / np.sqrt(state[name][0].numel())
+        # unit RMS rows, up to the eps of 1e-4 next to the formula weights' small RMS
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=5e-3, rtol=0)
