@@ -1,0 +1,141 @@
+"""Read NVlabs' network pickles (EDM2's network-snapshot / phema files) without running any of their code.
+
+Those pickles are written by `torch_utils.persistence`: each network object is a call of
+`_reconstruct_persistent_obj(meta)`, where meta holds the Python source of its module (which NVlabs' loader
+executes), the class name and the object's state (its parameters, buffers, submodules and the constructor
+arguments it was built with). This reader accepts only those records, torch tensors and storages (read with
+torch's weights-only loader), numpy arrays and plain containers; any other global is refused with a one-line
+error, and the recorded source is never executed. The network is rebuilt from this project's class of the same
+name with the recorded constructor arguments, and the recorded tensors are loaded into it strictly.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+try:
+    from numpy._core import multiarray as np_multiarray  # numpy >= 2
+except ImportError:
+    from numpy.core import multiarray as np_multiarray
+from . import edm2
+
+# The classes a record may name, by the name NVlabs' code gives them.
+NETWORKS: dict[str, type[torch.nn.Module]] = {"Precond": edm2.Precond}
+
+
+@dataclass
+class Record:
+    """A persistent object of NVlabs' code, never instantiated: its class name and recorded state."""
+
+    class_name: str
+    state: dict
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Record:
+        if not isinstance(meta, dict) or meta.get("type") != "class" or "class_name" not in meta:
+            raise pickle.UnpicklingError("a persistence record without a class name")
+        return cls(str(meta["class_name"]), dict(meta.get("state") or {}))
+
+
+class EasyDict(dict):
+    """dnnlib's attribute dictionary, read as a plain dict."""
+
+
+def _storage_from_bytes(data: bytes):
+    """A tensor storage pickled by value, read with torch's weights-only loader (no arbitrary globals)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # TypedStorage deprecation
+        return torch.load(io.BytesIO(data), weights_only=True)
+
+
+_ALLOWED = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): Record.from_meta,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    # numpy arrays and scalars as numpy 1 (numpy.core) and 2 (numpy._core) name their rebuilders.
+    **{(module, name): getattr(np_multiarray, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name in ("_reconstruct", "scalar")},
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused the global {module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError(f"refused the persistent id {pid!r}")
+
+
+def read_pickle(path: str):
+    """The pickle's contents with every network as a Record (ValueError naming a refused global)."""
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(f).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not readable as an NVlabs network pickle: {e} (no code in it was run)") from None
+
+
+def _tensors(record: Record, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The parameters and buffers of a record and its submodules, by state-dict name."""
+    out = {}
+    for group in ("_parameters", "_buffers"):
+        for name, tensor in (record.state.get(group) or {}).items():
+            if tensor is not None:
+                out[prefix + name] = tensor
+    for name, child in (record.state.get("_modules") or {}).items():
+        if isinstance(child, Record):
+            out.update(_tensors(child, f"{prefix}{name}."))
+    return out
+
+
+def build(record: Record, source: str = "the pickle") -> torch.nn.Module:
+    """This project's module for a record: its class by name, the recorded constructor arguments, the recorded
+    tensors loaded strictly; eval mode."""
+    if record.class_name not in NETWORKS:
+        raise ValueError(f"{source}: holds a {record.class_name}; networks read here: {', '.join(NETWORKS)}")
+    args = record.state.get("_init_args") or ()
+    kwargs = dict(record.state.get("_init_kwargs") or {})
+    with torch.device("meta"):
+        module = NETWORKS[record.class_name](*args, **kwargs)
+    tensors = _tensors(record)
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    if found != expected:
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        resized = [f"{n} {found[n]} (expected {expected[n]})" for n in expected if n in found and found[n] != expected[n]]
+        raise ValueError(f"{source}: the {record.class_name} recorded with {kwargs} does not match its tensors "
+                         f"(missing {missing[:3]}, unexpected {extra[:3]}, other shapes {resized[:2]})")
+    module.load_state_dict(tensors, strict=True, assign=True)
+    return module.eval()
+
+
+def load_network_pickle(path: str, key: str = "ema") -> torch.nn.Module:
+    """The network stored under `key` of an NVlabs pickle (EDM2 snapshots keep it under "ema"), rebuilt as this
+    project's module in eval mode, without executing anything from the file."""
+    data = read_pickle(path)
+    if isinstance(data, dict):
+        if key not in data:
+            raise ValueError(f"{path} has no {key!r} entry (it has {', '.join(map(str, data))})")
+        data = data[key]
+    if not isinstance(data, Record):
+        raise ValueError(f"{path}: the {key!r} entry is a {type(data).__name__}, not a network")
+    return build(data, path)

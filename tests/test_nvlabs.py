@@ -1,0 +1,130 @@
+"""Reading NVlabs' network pickles safely (guided_diffusion/nvlabs.py). The pickles are built here with the record
+structure of NVlabs' torch_utils.persistence (a stand-in reconstruct function, no NVlabs code), plus malicious
+ones that must be refused without side effects."""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+from guided_diffusion import edm2, nvlabs
+
+SMALL = dict(img_resolution=8, img_channels=3, label_dim=4, model_channels=16, channel_mult=[1, 2], num_blocks=1,
+             attn_resolutions=[4], channels_per_head=16, logvar_channels=8, use_fp16=False)
+
+
+class _Persistent:
+    """Pickles as NVlabs' persistence records do: _reconstruct_persistent_obj(meta) with the module's source."""
+
+    def __init__(self, module: torch.nn.Module, init_kwargs: dict | None = None):
+        self.module, self.init_kwargs = module, init_kwargs
+
+    def __reduce__(self):
+        m = self.module
+        state = {"training": m.training, "_parameters": collections.OrderedDict(m._parameters),
+                 "_buffers": collections.OrderedDict(m._buffers),
+                 "_modules": collections.OrderedDict((k, _Persistent(v)) for k, v in m._modules.items()),
+                 "_init_args": (), "_init_kwargs": self.init_kwargs or {}}
+        meta = dict(type="class", version=6, module_src="raise SystemExit('recorded source must never run')",
+                    class_name=type(m).__name__, state=state)
+        return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,)
+
+
+class _Loss:
+    def __reduce__(self):
+        meta = dict(type="class", version=6, module_src="", class_name="EDM2Loss",
+                    state={"P_mean": -0.4, "P_std": 1.0, "sigma_data": 0.5})
+        return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,)
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """Modules named as NVlabs' so pickle records the same globals; removed after the test."""
+    persistence = types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):
+        raise AssertionError("the stand-in is only for writing")
+
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    util = types.ModuleType("dnnlib.util")
+    util.EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    for name, module in (("torch_utils", types.ModuleType("torch_utils")), ("torch_utils.persistence", persistence),
+                         ("dnnlib", types.ModuleType("dnnlib")), ("dnnlib.util", util)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return util
+
+
+def _write(path, obj) -> str:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+    return str(path)
+
+
+def test_a_snapshot_loads_as_this_projects_network(tmp_path, stand_ins):
+    torch.manual_seed(0)
+    net = edm2.Precond(**SMALL)
+    with torch.no_grad():
+        net.unet.out_gain.fill_(0.7)
+        for block in net.unet.enc.values():
+            if isinstance(block, edm2.Block):
+                block.emb_gain.fill_(0.3)
+    net.eval()
+    path = _write(tmp_path / "snapshot.pkl", {"ema": _Persistent(net, SMALL), "loss_fn": _Loss(),
+                                              "dataset_kwargs": stand_ins.EasyDict(resolution=8)})
+    loaded = nvlabs.load_network_pickle(path)
+    assert isinstance(loaded, edm2.Precond) and not loaded.training
+    assert loaded.unet.emb_label.weight.shape == (32, 4) and loaded.label_dim == 4
+    want, got = net.state_dict(), loaded.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 12.0])
+    labels = torch.eye(4)[[1, 3]]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, sigma, labels), net(x, sigma, labels), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"has no 'net' entry \(it has ema, loss_fn, dataset_kwargs\)"):
+        nvlabs.load_network_pickle(path, key="net")
+    with pytest.raises(ValueError, match="holds a EDM2Loss; networks read here: Precond"):
+        nvlabs.load_network_pickle(path, key="loss_fn")
+
+
+class _Malicious:
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("call, name", [(os.system, "system"), (eval, "builtins.eval"), (exec, "builtins.exec"),
+                                        (getattr, "builtins.getattr")])
+def test_any_other_global_is_refused_without_side_effects(tmp_path, stand_ins, call, name):
+    marker = tmp_path / "pwned"
+    argument = f"touch {marker}" if call is os.system else f"open({str(marker)!r}, 'w')"
+    args = (argument,) if call is not getattr else (_Malicious(__import__, "os"), "system")
+    path = _write(tmp_path / "evil.pkl", {"ema": _Malicious(call, *args)})
+    with pytest.raises(ValueError) as info:
+        nvlabs.load_network_pickle(path)
+    message = str(info.value)
+    assert "refused the global" in message and name in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_records_that_do_not_fit_their_class_are_refused(tmp_path, stand_ins):
+    torch.manual_seed(0)
+    net = edm2.Precond(**SMALL)
+    wrong = dict(SMALL, model_channels=32)  # the recorded arguments disagree with the tensors
+    path = _write(tmp_path / "wrong.pkl", {"ema": _Persistent(net, wrong)})
+    with pytest.raises(ValueError, match="does not match its tensors"):
+        nvlabs.load_network_pickle(path)
+    with pytest.raises(FileNotFoundError, match="missing.pkl not found"):
+        nvlabs.load_network_pickle(str(tmp_path / "missing.pkl"))
+    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="not readable as an NVlabs network pickle"):
+        nvlabs.load_network_pickle(str(tmp_path / "junk.pkl"))
