@@ -9,6 +9,7 @@ D(x; sigma) = x - sigma eps_hat (c_skip = 1, c_out = -sigma), or the predicted x
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -41,6 +42,11 @@ class Denoiser:
         self.sigma_max = float(self.sigmas[-1])
         # The timestep the network was trained with at each level (timestep_map, rescaled if need be).
         self.trained_timesteps = diffusion._model_timesteps(torch.arange(diffusion.num_timesteps)).double()
+
+    def prior_std(self, sigma: float) -> float:
+        """x at the first level is z / c_in(sigma) = z sqrt(sigma^2 + 1): x_T ~ N(0, I) in the network's input
+        space, as ADM draws it (EDM's sigma z is nearly so at large sigma)."""
+        return math.sqrt(sigma**2 + 1)
 
     def nearest_index(self, sigma: torch.Tensor) -> torch.Tensor:
         """Index j of the level u_j nearest to each sigma (distance in sigma, as EDM)."""
@@ -98,3 +104,47 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, sigma, **model_kwargs) -> torch.Tensor:
         """D(x; sigma) in x's dtype; sigma is a number or one level per sample."""
         return self.with_extra(x, sigma, **model_kwargs)[0]
+
+
+class PrecondDenoiser:
+    """D(x; sigma) of a network that is a denoiser itself (EDM's and EDM2's Precond: net(x, sigma, one-hot labels)),
+    at continuous sigma. Integer labels y become one-hot rows; a network without labels ignores them. timestep
+    maps sigma to what a noisy ADM classifier expects (classifier_timestep), when one guides this model."""
+
+    sigmas = None  # no discrete levels: --sigma_schedule model does not apply
+
+    def __init__(self, net: torch.nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 timestep: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.net = net
+        self.label_dim = getattr(net, "label_dim", 0)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self._timestep = timestep
+        self.clip_denoised = False
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma, dtype=torch.float64)
+
+    def prior_std(self, sigma: float) -> float:
+        """x at the first level is sigma z (EDM)."""
+        return sigma
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        if self._timestep is None:
+            raise ValueError("classifier guidance of an EDM/EDM2 model needs the classifier's noise schedule")
+        return self._timestep(sigma)
+
+    def with_extra(self, x: torch.Tensor, sigma, y: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = per_sample(sigma, x)
+        labels = None
+        if self.label_dim and y is not None:
+            labels = torch.nn.functional.one_hot(y.long(), self.label_dim).float()
+        denoised = self.net(x.float(), sigma.float(), labels).to(x.dtype)
+        return denoised, x[:, :0]
+
+    def __call__(self, x: torch.Tensor, sigma, **model_kwargs) -> torch.Tensor:
+        return self.with_extra(x, sigma, **model_kwargs)[0]
+
+
+def classifier_timestep(diffusion: GaussianDiffusion) -> Callable[[torch.Tensor], torch.Tensor]:
+    """sigma -> the timestep of an ADM process (a noisy classifier's) whose level is nearest to sigma."""
+    return Denoiser(diffusion, lambda x, t: x).timestep

@@ -94,6 +94,9 @@ def process_sigmas(diffusion: GaussianDiffusion) -> torch.Tensor:
 def noise_levels(denoiser: Denoiser, options: SamplerOptions) -> torch.Tensor:
     """The decreasing noise levels sigma_0 > ... > sigma_{N-1} > 0 = sigma_N of a sigma-space sampler."""
     if options.sigma_schedule == "model":
+        if denoiser.sigmas is None:
+            raise ValueError("--sigma_schedule model needs a model with discrete noise levels (an ADM model); "
+                             "this one is a denoiser at continuous sigma: use --sigma_schedule karras")
         return samplers.append_zero(denoiser.sigmas.flip(0))
     low, high = max(options.sigma_min, denoiser.sigma_min), min(options.sigma_max, denoiser.sigma_max)
     if low >= high:
@@ -164,11 +167,23 @@ def run_sampler(diffusion: GaussianDiffusion, model_fn: Callable, shape, model_k
     device = device or dist_util.dev()
     if options.name in PROCESS_SAMPLERS:
         return _process_loop(diffusion, model_fn, shape, model_kwargs, rng, options, guidance, callback, device)
-    main = Denoiser(diffusion, model_fn)
+    return run_sigma_sampler(Denoiser(diffusion, model_fn), shape, model_kwargs, rng, options, guidance, callback,
+                             device)
+
+
+def run_sigma_sampler(main, shape, model_kwargs: dict, rng: SampleRNG, options: SamplerOptions,
+                      guidance: Guidance | None = None, callback: samplers.Callback | None = None,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """A sampler of samplers.SAMPLERS over the main denoiser (a Denoiser of an ADM model, or a PrecondDenoiser of
+    an EDM/EDM2 network) with optional guidance; x starts at prior_std(sigma_0) z."""
+    if options.name in PROCESS_SAMPLERS:
+        raise ValueError(f"--sampler {options.name} steps through an ADM process; this model is a denoiser at "
+                         f"continuous sigma: use --sampler {', '.join(samplers.SAMPLERS)}")
+    guidance = guidance or Guidance()
+    device = device or dist_util.dev()
     guided = guidance.bind(main, options.clip_denoised)
     sigmas = noise_levels(main, options)
-    # x_T ~ N(0, I) in the network's input space, as ADM: x = z / c_in(sigma_0) (EDM's sigma_0 z is nearly so).
-    x = rng.randn(shape, device=device, dtype=torch.float64) * math.sqrt(float(sigmas[0]) ** 2 + 1)
+    x = rng.randn(shape, device=device, dtype=torch.float64) * main.prior_std(float(sigmas[0]))
     sampler = samplers.SAMPLERS[options.name]
     own = dict(s_churn=options.s_churn, s_tmin=options.s_tmin, s_tmax=options.s_tmax, s_noise=options.s_noise,
                round_sigma=main.round_sigma)
