@@ -232,6 +232,9 @@ class Precond(torch.nn.Module):
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool = True,
                  sigma_data: float = 0.5, logvar_channels: int = 128, **unet_kwargs):
         super().__init__()
+        self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim,
+                                use_fp16=use_fp16, sigma_data=sigma_data, logvar_channels=logvar_channels,
+                                **unet_kwargs)  # the constructor arguments, as NVlabs' pickles record them
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.label_dim = label_dim

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import io
+import json
+import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ try:
 except ImportError:
     from numpy.core import multiarray as np_multiarray
 from . import edm2
+from .checkpoint import load_state_dict, save_state_dict
+from .fileio import atomic_write
 
 # The classes a record may name, by the name NVlabs' code gives them.
 NETWORKS: dict[str, type[torch.nn.Module]] = {"Precond": edm2.Precond}
@@ -107,15 +111,23 @@ def _tensors(record: Record, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-def build(record: Record, source: str = "the pickle") -> torch.nn.Module:
-    """This project's module for a record: its class by name, the recorded constructor arguments, the recorded
-    tensors loaded strictly; eval mode."""
+def _construct(record: Record, source: str) -> torch.nn.Module:
+    """This project's module of the record's class, built from the recorded constructor arguments."""
     if record.class_name not in NETWORKS:
         raise ValueError(f"{source}: holds a {record.class_name}; networks read here: {', '.join(NETWORKS)}")
     args = record.state.get("_init_args") or ()
+    try:
+        return NETWORKS[record.class_name](*args, **dict(record.state.get("_init_kwargs") or {}))
+    except TypeError as e:
+        raise ValueError(f"{source}: the recorded arguments do not fit this project's {record.class_name}: {e}") from None
+
+
+def build(record: Record, source: str = "the pickle") -> torch.nn.Module:
+    """This project's module for a record: its class by name, the recorded constructor arguments, the recorded
+    tensors loaded strictly; eval mode."""
     kwargs = dict(record.state.get("_init_kwargs") or {})
     with torch.device("meta"):
-        module = NETWORKS[record.class_name](*args, **kwargs)
+        module = _construct(record, source)
     tensors = _tensors(record)
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
@@ -139,3 +151,41 @@ def load_network_pickle(path: str, key: str = "ema") -> torch.nn.Module:
     if not isinstance(data, Record):
         raise ValueError(f"{path}: the {key!r} entry is a {type(data).__name__}, not a network")
     return build(data, path)
+
+
+def _args_json(path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
+
+
+def is_converted(path: str) -> bool:
+    """Whether a .pt/.safetensors checkpoint holds a converted NVlabs network (args.json names its class)."""
+    try:
+        with open(_args_json(path)) as f:
+            return "nvlabs_class" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
+def save_converted(net: torch.nn.Module, path: str) -> None:
+    """Write the network's state dict (.pt or .safetensors) and an args.json with its class and constructor
+    arguments beside it, both atomically."""
+    save_state_dict(net.state_dict(), path)
+    data = json.dumps({"nvlabs_class": type(net).__name__, "init_kwargs": net.init_kwargs}, indent=1).encode()
+    atomic_write(_args_json(path), lambda f: f.write(data))
+
+
+def load_converted(path: str) -> torch.nn.Module:
+    """A network written by save_converted, in eval mode."""
+    with open(_args_json(path)) as f:
+        meta = json.load(f)
+    record = Record(meta["nvlabs_class"], {"_init_kwargs": meta["init_kwargs"]})
+    state = load_state_dict(path)
+    with torch.device("meta"):
+        module = _construct(record, path)
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.eval()
+
+
+def load_network(path: str, key: str = "ema") -> torch.nn.Module:
+    """An NVlabs pickle, or a network converted from one (.pt/.safetensors with its args.json)."""
+    return load_network_pickle(path, key) if path.endswith(".pkl") else load_converted(path)

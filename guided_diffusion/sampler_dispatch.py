@@ -105,18 +105,28 @@ def noise_levels(denoiser: Denoiser, options: SamplerOptions) -> torch.Tensor:
     return samplers.append_zero(denoiser.round_sigma(samplers.karras_sigmas(options.steps, low, high, options.rho)))
 
 
-def visited_levels(diffusion: GaussianDiffusion, options: SamplerOptions) -> torch.Tensor:
-    """The noise levels a run evaluates the network at (before churn), to check guidance intervals against."""
+def visited_levels(model, options: SamplerOptions) -> torch.Tensor:
+    """The noise levels a run evaluates the network at (before churn), to check guidance intervals against;
+    model: an ADM model's GaussianDiffusion, or a denoiser at continuous sigma (PrecondDenoiser)."""
+    if not isinstance(model, GaussianDiffusion):
+        _check_sigma_sampler(options)
+        return noise_levels(model, options)
     if options.name in PROCESS_SAMPLERS:
-        return process_sigmas(diffusion)
-    return noise_levels(Denoiser(diffusion, lambda x, t: x), options)
+        return process_sigmas(model)
+    return noise_levels(Denoiser(model, lambda x, t: x), options)
 
 
-def step_count(diffusion: GaussianDiffusion, options: SamplerOptions) -> int:
-    """How many steps (callbacks) a run takes."""
+def step_count(model, options: SamplerOptions) -> int:
+    """How many steps (callbacks) a run takes (model as for visited_levels)."""
+    if isinstance(model, GaussianDiffusion) and options.name in PROCESS_SAMPLERS:
+        return model.num_timesteps
+    return len(visited_levels(model, options)) - 1
+
+
+def _check_sigma_sampler(options: SamplerOptions) -> None:
     if options.name in PROCESS_SAMPLERS:
-        return diffusion.num_timesteps
-    return len(visited_levels(diffusion, options)) - 1
+        raise ValueError(f"--sampler {options.name} steps through an ADM process; this model is a denoiser at "
+                         f"continuous sigma: use --sampler {', '.join(samplers.SAMPLERS)}")
 
 
 def _process_loop(diffusion: GaussianDiffusion, model_fn: Callable, shape, model_kwargs: dict, rng: SampleRNG,
@@ -176,9 +186,7 @@ def run_sigma_sampler(main, shape, model_kwargs: dict, rng: SampleRNG, options: 
                       device: torch.device | None = None) -> torch.Tensor:
     """A sampler of samplers.SAMPLERS over the main denoiser (a Denoiser of an ADM model, or a PrecondDenoiser of
     an EDM/EDM2 network) with optional guidance; x starts at prior_std(sigma_0) z."""
-    if options.name in PROCESS_SAMPLERS:
-        raise ValueError(f"--sampler {options.name} steps through an ADM process; this model is a denoiser at "
-                         f"continuous sigma: use --sampler {', '.join(samplers.SAMPLERS)}")
+    _check_sigma_sampler(options)
     guidance = guidance or Guidance()
     device = device or dist_util.dev()
     guided = guidance.bind(main, options.clip_denoised)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 from typing import Callable
@@ -20,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import dist_util, logger
+from . import dist_util, logger, nvlabs
 from .checkpoint import load_weights
 from .checkpoint_flags import (
     apply_checkpoint_args,
@@ -29,13 +30,13 @@ from .checkpoint_flags import (
     namespace_from_flags,
     require_file,
 )
-from .denoiser import Denoiser
+from .denoiser import Denoiser, PrecondDenoiser, classifier_timestep
 from .fileio import NpzArray
 from .guidance import Guidance, Interval, check_guidance, classifier_cond_fn
 from .rng import SampleRNG
 from .sample_writer import Trajectory, to_uint8
-from .sampler_dispatch import SamplerOptions, run_sampler, step_count, visited_levels
-from .script_util import args_to_dict, null_label
+from .sampler_dispatch import SamplerOptions, run_sampler, run_sigma_sampler, step_count, visited_levels
+from .script_util import args_to_dict, create_gaussian_diffusion, null_label
 
 
 def sampling_defaults() -> dict:
@@ -86,7 +87,10 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
     flags (checked against the model), the script's own checks, then processes and the log folder. Returns
     the guide's flags (None without --guide_model_path). argv: the command line (default sys.argv)."""
     require_file(args.model_path, "model_path")
-    apply_checkpoint_args(args, args.model_path, architecture, explicit_flags(argv), "model_path")
+    if is_nvlabs_pickle(args.model_path):
+        vars(args).update(nvlabs_flags(args.model_path, "model_path"))
+    else:
+        apply_checkpoint_args(args, args.model_path, architecture, explicit_flags(argv), "model_path")
     guide = guide_args(args, architecture, size_flag)
     for check in checks:
         check()
@@ -105,7 +109,10 @@ def guide_args(args, architecture: dict, size_flag: str = "image_size") -> argpa
             raise ValueError("--guide_flags is given without --guide_model_path")
         return None
     require_file(args.guide_model_path, "guide_model_path")
-    guide = namespace_from_flags(architecture, args.guide_flags, args.guide_model_path, "guide_model_path")
+    if is_nvlabs_pickle(args.guide_model_path):
+        guide = argparse.Namespace(**nvlabs_flags(args.guide_model_path, "guide_model_path"), use_fp16=False)
+    else:
+        guide = namespace_from_flags(architecture, args.guide_flags, args.guide_model_path, "guide_model_path")
     where = f"--guide_model_path {args.guide_model_path}"
     for flag in (size_flag, "small_size"):  # an upsampler's input size must match too
         if hasattr(args, flag) and getattr(guide, flag) != getattr(args, flag):
@@ -131,8 +138,35 @@ def match_classifier(args, classifier: dict, path: str) -> None:
                              f"{getattr(args, key)}: use a classifier of the model's {what}")
 
 
+def is_nvlabs_pickle(path: str) -> bool:
+    """Whether a checkpoint is an NVlabs network (EDM2's .pkl snapshots, or one converted by
+    convert_checkpoint.py) rather than an ADM state dict."""
+    return path.endswith(".pkl") or nvlabs.is_converted(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _nvlabs_network(path: str) -> torch.nn.Module:
+    """The network of an NVlabs checkpoint, read once per process (its flags and the network come from one read)."""
+    return nvlabs.load_network(path)
+
+
+def nvlabs_flags(path: str, flag: str) -> dict:
+    """The sampling flags an NVlabs network implies: image size and labels (pixel-space networks only)."""
+    net = _nvlabs_network(path)
+    if net.img_channels != 3:
+        raise ValueError(f"--{flag} {path} works on {net.img_channels}-channel latents (EDM2 img512): decoding them "
+                         "needs Stability's VAE, which this project does not include; use an img64 network")
+    return dict(image_size=net.img_resolution, class_cond=net.label_dim > 0, num_classes=net.label_dim or 1)
+
+
 def build(create: Callable, flags, architecture: dict, path: str, flag: str, use_fp16: bool = False):
-    """(network, diffusion) from the factory `create` and its flags, with the checkpoint's weights loaded."""
+    """(network, diffusion) from the factory `create` and its flags, with the checkpoint's weights loaded; for an
+    NVlabs pickle (PrecondDenoiser of its network, None): a denoiser at continuous sigma, whose classifier
+    timesteps come from the ADM process of the flags (--noise_schedule, --diffusion_steps)."""
+    if is_nvlabs_pickle(path):
+        net = _nvlabs_network(path).to(dist_util.dev())
+        adm = create_gaussian_diffusion(steps=flags.diffusion_steps, noise_schedule=flags.noise_schedule)
+        return PrecondDenoiser(net, timestep=classifier_timestep(adm)), None
     model, diffusion = create(**args_to_dict(flags, architecture.keys()))
     load_network(model, path, flag, use_fp16)
     return model, diffusion
@@ -163,9 +197,10 @@ def guidance_from_args(args, guide: argparse.Namespace | None, create: Callable,
                     "is not loaded")
     elif guide is not None:
         logger.log(f"loading the guide model {args.guide_model_path}...")
-        guide_model, guide_diffusion = build(create, guide, architecture, args.guide_model_path,
-                                             "guide_model_path", guide.use_fp16)
-        guide_denoiser = Denoiser(guide_diffusion, model_fn_for(guide_model, guide.class_cond, args.use_bf16))
+        guide_model, guide_diffusion = build(create, argparse.Namespace(**{**vars(args), **vars(guide)}), architecture,
+                                             args.guide_model_path, "guide_model_path", guide.use_fp16)
+        guide_denoiser = guide_model if guide_diffusion is None else Denoiser(
+            guide_diffusion, model_fn_for(guide_model, guide.class_cond, args.use_bf16))
     cond_fn = None
     if classifier is not None:
         cond_fn = classifier_cond_fn(classifier, args.classifier_scale, args.use_bf16)
@@ -233,13 +268,18 @@ def _trajectory_for(indices: list[int], count: int, steps: int) -> Trajectory | 
     return Trajectory(min(count, len(indices)), steps)
 
 
-def _sample(diffusion, model_fn: Callable, shape, kwargs: dict, indices: list[int], args, options: SamplerOptions,
+def _sample(diffusion, model_fn, shape, kwargs: dict, indices: list[int], args, options: SamplerOptions,
             guidance: Guidance) -> np.ndarray:
-    """uint8 NHWC samples of one batch, with the trajectory strip when this batch holds sample 0."""
+    """uint8 NHWC samples of one batch, with the trajectory strip when this batch holds sample 0; diffusion None
+    means model_fn is a denoiser at continuous sigma (an EDM/EDM2 network)."""
     rng = SampleRNG([args.seed + i for i in indices])
-    trajectory = _trajectory_for(indices, args.save_trajectory, step_count(diffusion, options))
-    sample = run_sampler(diffusion, model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
-                         device=dist_util.dev())
+    trajectory = _trajectory_for(indices, args.save_trajectory, step_count(diffusion or model_fn, options))
+    if diffusion is None:
+        sample = run_sigma_sampler(model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
+                                   device=dist_util.dev())
+    else:
+        sample = run_sampler(diffusion, model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
+                             device=dist_util.dev())
     images = to_uint8(sample)
     if trajectory is not None:
         trajectory.save(os.path.join(logger.get_dir(), "trajectory.png"), images)
@@ -250,11 +290,11 @@ def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> 
     """make_batch(indices) for a base (non-upsampling) model: labels (when class-conditional or guided by a
     classifier) and noise from each sample's seed, the guidance, uint8 images out."""
     guidance = guidance or Guidance()
-    model_fn = model_fn_for(model, args.class_cond, args.use_bf16)
+    model_fn = model if diffusion is None else model_fn_for(model, args.class_cond, args.use_bf16)
     labelled = args.class_cond or guidance.cond_fn is not None  # a classifier needs labels for any model
     classes = parse_classes(args.classes, args.num_classes) if labelled else None
     options = sampler_options(args)
-    guidance.check_intervals(visited_levels(diffusion, options))
+    guidance.check_intervals(visited_levels(diffusion or model_fn, options))
 
     def make_batch(indices):
         labels = None

@@ -10,6 +10,7 @@ import pickle
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,64 @@ def test_records_that_do_not_fit_their_class_are_refused(tmp_path, stand_ins):
     (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="not readable as an NVlabs network pickle"):
         nvlabs.load_network_pickle(str(tmp_path / "junk.pkl"))
+
+
+def test_image_and_classifier_sample_run_nvlabs_pickles(tmp_path, stand_ins, trained):
+    """image_sample.py with an EDM2 pickle (and an unconditional pickle as its guide), classifier_sample.py with
+    an ADM classifier guiding it; the original samplers are refused with the ones to use."""
+    from launch import read_samples, run_main
+
+    torch.manual_seed(0)
+    conditional = edm2.Precond(**{**SMALL, "img_resolution": 16})
+    unconditional = edm2.Precond(**{**SMALL, "img_resolution": 16, "label_dim": 0})
+    for net in (conditional, unconditional):
+        with torch.no_grad():
+            net.unet.out_gain.fill_(1.0)
+    main = _write(tmp_path / "main.pkl", {"ema": _Persistent(conditional, {**SMALL, "img_resolution": 16})})
+    guide = _write(tmp_path / "guide.pkl", {"ema": _Persistent(unconditional, {**SMALL, "img_resolution": 16,
+                                                                                  "label_dim": 0})})
+    common = ["--model_path", main, "--num_samples", 3, "--batch_size", 2, "--classes", "1-3", "--sampler", "heun",
+              "--steps", 3, "--progress", False]
+    outputs = {}
+    for name, extra, script in (("plain", [], "image_sample.py"),
+                                ("guided", ["--guide_model_path", guide, "--guide_scale", 2], "image_sample.py"),
+                                ("classifier", ["--classifier_path", trained["classifier"], "--classifier_scale", 5],
+                                 "classifier_sample.py")):
+        code, stderr = run_main(script, [*common, "--log_dir", tmp_path / name, *extra])
+        assert code == 0, stderr
+        samples = read_samples(tmp_path / name / "samples_3x16x16x3.npz")
+        assert samples["arr_1"].tolist() == [1, 2, 3]
+        outputs[name] = samples["arr_0"].astype(int)
+    assert abs(outputs["guided"] - outputs["plain"]).mean() > 0.5
+    assert abs(outputs["classifier"] - outputs["plain"]).mean() > 0.5
+    code, stderr = run_main("image_sample.py", [*common[:2], "--use_ddim", True, "--log_dir", tmp_path / "ddim"])
+    assert code == 2 and "use --sampler euler, heun, edm_stochastic, dpmpp_2m" in stderr and "\n" not in stderr
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_convert_checkpoint_writes_a_file_the_scripts_load(tmp_path, stand_ins, suffix):
+    from launch import read_samples, run_main
+
+    torch.manual_seed(0)
+    kwargs = {**SMALL, "img_resolution": 16}
+    net = edm2.Precond(**kwargs)
+    with torch.no_grad():
+        net.unet.out_gain.fill_(1.0)
+    source = _write(tmp_path / "snapshot.pkl", {"ema": _Persistent(net, kwargs)})
+    out = tmp_path / "converted" / f"edm2{suffix}"
+    code, stderr = run_main("convert_checkpoint.py", [source, out])
+    assert code == 0, stderr
+    assert nvlabs.is_converted(str(out))
+    loaded = nvlabs.load_network(str(out))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+    images = {}
+    for path in (source, out):
+        folder = tmp_path / f"samples{os.path.splitext(str(path))[1]}"
+        code, stderr = run_main("image_sample.py", ["--model_path", path, "--num_samples", 2, "--classes", "2",
+                                                    "--sampler", "euler", "--steps", 3, "--log_dir", folder,
+                                                    "--progress", False])
+        assert code == 0, stderr
+        images[path] = read_samples(folder / "samples_2x16x16x3.npz")["arr_0"]
+    np.testing.assert_array_equal(images[source], images[out])
+    code, stderr = run_main("convert_checkpoint.py", [source, tmp_path / "x.bin"])
+    assert code == 2 and "must end in .pt or .safetensors" in stderr
