@@ -1,4 +1,4 @@
-"""Read NVlabs' network pickles (EDM2's network-snapshot / phema files) without running any of their code.
+"""Read NVlabs' network pickles (EDM's and EDM2's network snapshots) without running any of their code.
 
 Those pickles are written by `torch_utils.persistence`: each network object is a call of
 `_reconstruct_persistent_obj(meta)`, where meta holds the Python source of its module (which NVlabs' loader
@@ -26,12 +26,12 @@ try:
     from numpy._core import multiarray as np_multiarray  # numpy >= 2
 except ImportError:
     from numpy.core import multiarray as np_multiarray
-from . import edm2
+from . import edm, edm2
 from .checkpoint import load_state_dict, save_state_dict
 from .fileio import atomic_write
 
 # The classes a record may name, by the name NVlabs' code gives them.
-NETWORKS: dict[str, type[torch.nn.Module]] = {"Precond": edm2.Precond}
+NETWORKS: dict[str, type[torch.nn.Module]] = {"Precond": edm2.Precond, "EDMPrecond": edm.EDMPrecond}
 
 
 @dataclass

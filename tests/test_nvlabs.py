@@ -91,7 +91,7 @@ def test_a_snapshot_loads_as_this_projects_network(tmp_path, stand_ins):
         torch.testing.assert_close(loaded(x, sigma, labels), net(x, sigma, labels), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"has no 'net' entry \(it has ema, loss_fn, dataset_kwargs\)"):
         nvlabs.load_network_pickle(path, key="net")
-    with pytest.raises(ValueError, match="holds a EDM2Loss; networks read here: Precond"):
+    with pytest.raises(ValueError, match="holds a EDM2Loss; networks read here: Precond, EDMPrecond"):
         nvlabs.load_network_pickle(path, key="loss_fn")
 
 
@@ -190,3 +190,18 @@ def test_convert_checkpoint_writes_a_file_the_scripts_load(tmp_path, stand_ins, 
     np.testing.assert_array_equal(images[source], images[out])
     code, stderr = run_main("convert_checkpoint.py", [source, tmp_path / "x.bin"])
     assert code == 2 and "must end in .pt or .safetensors" in stderr
+
+
+def test_an_edm_snapshot_loads_too(tmp_path, stand_ins):
+    from guided_diffusion import edm
+
+    kwargs = dict(img_resolution=8, img_channels=3, label_dim=4, model_type="DhariwalUNet", model_channels=32,
+                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    torch.manual_seed(0)
+    net = edm.EDMPrecond(**kwargs).eval()
+    path = _write(tmp_path / "edm.pkl", {"ema": _Persistent(net, kwargs)})
+    loaded = nvlabs.load_network_pickle(path)
+    assert isinstance(loaded, edm.EDMPrecond)
+    x, sigma, labels = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 20.0]), torch.eye(4)[[0, 2]]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, sigma, labels), net(x, sigma, labels), rtol=0, atol=0)
