@@ -189,3 +189,31 @@ def load_converted(path: str) -> torch.nn.Module:
 def load_network(path: str, key: str = "ema") -> torch.nn.Module:
     """An NVlabs pickle, or a network converted from one (.pt/.safetensors with its args.json)."""
     return load_network_pickle(path, key) if path.endswith(".pkl") else load_converted(path)
+
+
+# EDM2's pixel-space generator presets (its generate_images.py): name -> (network, guide network or None, guide
+# scale). The files are posted at EDM2_URL; img512 presets need Stability's VAE and are not listed.
+EDM2_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
+EDM2_PRESETS: dict[str, tuple[str, str | None, float]] = {
+    "edm2-img64-s-fid": ("edm2-img64-s-1073741-0.075.pkl", None, 1.0),
+    "edm2-img64-m-fid": ("edm2-img64-m-2147483-0.060.pkl", None, 1.0),
+    "edm2-img64-l-fid": ("edm2-img64-l-1073741-0.040.pkl", None, 1.0),
+    "edm2-img64-xl-fid": ("edm2-img64-xl-0671088-0.040.pkl", None, 1.0),
+    "edm2-img64-s-autog-fid": ("edm2-img64-s-1073741-0.045.pkl", "edm2-img64-xs-0134217-0.110.pkl", 1.70),
+    "edm2-img64-s-autog-dino": ("edm2-img64-s-1073741-0.105.pkl", "edm2-img64-xs-0134217-0.175.pkl", 2.20),
+}
+
+
+def resolve_preset(name: str, model_dir: str) -> dict:
+    """The sampling flags of an EDM2 preset whose files lie in model_dir: model_path, guide_model_path and
+    guide_scale, with EDM2's sampler (Heun, 32 steps, D not clipped). A missing file is a one-line error that
+    says where to download it."""
+    if name not in EDM2_PRESETS:
+        raise ValueError(f"--preset {name!r}: choose one of {', '.join(EDM2_PRESETS)}")
+    net, guide, scale = EDM2_PRESETS[name]
+    for file in filter(None, (net, guide)):
+        if not os.path.exists(os.path.join(model_dir, file)):
+            raise FileNotFoundError(f"--preset {name}: {os.path.join(model_dir, file)} not found: download "
+                                    f"{EDM2_URL}/{file} into --model_dir {model_dir}")
+    return dict(model_path=os.path.join(model_dir, net), guide_model_path=os.path.join(model_dir, guide) if guide
+                else "", guide_scale=scale, sampler="heun", steps=32, clip_denoised=False)

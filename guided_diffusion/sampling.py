@@ -53,6 +53,8 @@ def sampling_defaults() -> dict:
         grid=True,
         progress=True,
         save_trajectory=0,  # write the denoised estimates of this many first images at every step
+        preset="",  # an EDM2 generator preset (nvlabs.EDM2_PRESETS), its files in --model_dir
+        model_dir="models",
         **SamplerOptions.flag_defaults(),
         # Guidance (1 = off): classifier-free (a model trained with --class_dropout_prob > 0), autoguidance by a
         # weaker model; each active for sigma in its interval "lo,hi" ("" = every level).
@@ -86,11 +88,15 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
     """The scripts' opening: the checkpoint exists, architecture flags from its args.json, the guide model's
     flags (checked against the model), the script's own checks, then processes and the log folder. Returns
     the guide's flags (None without --guide_model_path). argv: the command line (default sys.argv)."""
+    explicit = explicit_flags(argv)
+    if args.preset:  # flags given explicitly win over the preset's
+        preset = nvlabs.resolve_preset(args.preset, args.model_dir)
+        vars(args).update({k: v for k, v in preset.items() if k not in explicit})
     require_file(args.model_path, "model_path")
     if is_nvlabs_pickle(args.model_path):
         vars(args).update(nvlabs_flags(args.model_path, "model_path"))
     else:
-        apply_checkpoint_args(args, args.model_path, architecture, explicit_flags(argv), "model_path")
+        apply_checkpoint_args(args, args.model_path, architecture, explicit, "model_path")
     guide = guide_args(args, architecture, size_flag)
     for check in checks:
         check()

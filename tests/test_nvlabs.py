@@ -205,3 +205,20 @@ def test_an_edm_snapshot_loads_too(tmp_path, stand_ins):
     x, sigma, labels = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 20.0]), torch.eye(4)[[0, 2]]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, sigma, labels), net(x, sigma, labels), rtol=0, atol=0)
+
+
+def test_edm2_presets_resolve_to_files_and_name_the_download(tmp_path, stand_ins):
+    from launch import run_main
+
+    code, stderr = run_main("image_sample.py", ["--preset", "edm2-img64-s-autog-fid", "--model_dir", tmp_path])
+    assert code == 2 and "\n" not in stderr
+    assert (f"{tmp_path}/edm2-img64-s-1073741-0.045.pkl not found: download https://nvlabs-fi-cdn.nvidia.com/edm2/"
+            "posthoc-reconstructions/edm2-img64-s-1073741-0.045.pkl into --model_dir") in stderr
+    code, stderr = run_main("image_sample.py", ["--preset", "edm2-img64-q-fid"])
+    assert code == 2 and "--preset 'edm2-img64-q-fid': choose one of edm2-img64-s-fid" in stderr
+    for name in ("edm2-img64-s-1073741-0.045.pkl", "edm2-img64-xs-0134217-0.110.pkl"):
+        (tmp_path / name).touch()
+    flags = nvlabs.resolve_preset("edm2-img64-s-autog-fid", str(tmp_path))
+    assert flags == dict(model_path=str(tmp_path / "edm2-img64-s-1073741-0.045.pkl"),
+                         guide_model_path=str(tmp_path / "edm2-img64-xs-0134217-0.110.pkl"), guide_scale=1.70,
+                         sampler="heun", steps=32, clip_denoised=False)
