@@ -171,3 +171,14 @@ def test_an_adm_classifier_raises_its_class_on_an_edm2_network():
             probs = classifier(x, torch.zeros(16, dtype=torch.long)).softmax(dim=1)
         probability[scale] = float(probs[range(16), y].mean())
     assert probability[8.0] > probability[0.0] + 0.1, probability
+
+
+def test_the_unet_runs_in_float16_as_precond_does_on_cuda():
+    """Precond runs the U-Net in float16 on CUDA (use_fp16); the same float16 path on the CPU stays within
+    float16 rounding of float32 and keeps the weights' float32 normalization."""
+    net = _tiny(4, 0)
+    x, c_noise, labels = torch.randn(2, 3, 8, 8), torch.tensor([0.1, -0.5]), torch.eye(4)[[0, 2]]
+    with torch.no_grad():
+        full, half = net.unet(x, c_noise, labels), net.unet(x.half(), c_noise.half(), labels.half())
+    assert half.dtype == torch.float16
+    assert float((full - half.float()).abs().max()) <= 2e-3 * float(full.abs().max())
