@@ -70,6 +70,8 @@ def training_defaults() -> dict:
         random_crop=False,
         skip_bad_images=False,
         num_workers=1,
+        # Power-function EMAs (EDM2) of these relative widths, snapshot at every save for reconstruct_ema.py.
+        phema_stds="",
     )
 
 

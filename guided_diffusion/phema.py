@@ -10,7 +10,14 @@ profiles, a linear system in their inner products, which have a closed form.
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
+import torch
+
+from .checkpoint import save_state_dict
+from .fileio import atomic_write
 
 
 def exp_to_std(exp) -> np.ndarray:
@@ -52,3 +59,59 @@ def solve_posthoc_coefficients(in_ofs, in_std, out_ofs, out_std) -> np.ndarray:
     target = power_function_correlation(in_ofs[:, None], in_std[:, None], out_ofs[None, :], out_std[None, :])
     coefficients = np.linalg.solve(gram, target)
     return coefficients / coefficients.sum(axis=0)
+
+
+def classic_ema_std(rate: float, steps: int) -> float:
+    """sigma_rel of a classic EMA with decay `rate` per step after `steps` steps: its exponential profile has a
+    standard deviation of about 1 / (1 - rate) steps (EDM2 Appendix C compares the two this way)."""
+    return float(1 / ((1 - rate) * steps))
+
+
+class PowerFunctionEMA:
+    """Power-function EMAs of a list of float32 tensors, one per relative width in stds, updated after every
+    optimizer step with the number of training images seen so far."""
+
+    def __init__(self, params: list, stds: list[float]):
+        self.stds = list(stds)
+        self.averages = [[p.detach().clone().float() for p in params] for _ in self.stds]
+
+    @torch.no_grad()
+    def update(self, params: list, nimg: int, batch: int) -> None:
+        """Average in the weights after a step that brought the count of training images to nimg."""
+        for std, average in zip(self.stds, self.averages):
+            beta = float(power_function_beta(std, nimg, batch))
+            for a, p in zip(average, params):
+                a.lerp_(p.detach().float(), 1 - beta)
+
+    def state_dict(self) -> dict:
+        return {"stds": self.stds, "averages": [[a.clone() for a in average] for average in self.averages]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if [round(s, 6) for s in state["stds"]] != [round(s, 6) for s in self.stds]:
+            raise ValueError(f"--phema_stds {','.join(map(str, self.stds))} differs from the resumed run's "
+                             f"{','.join(map(str, state['stds']))}")
+        for average, saved in zip(self.averages, state["averages"]):
+            for a, s in zip(average, saved):
+                a.copy_(s)
+
+    def save_snapshots(self, folder: str, step: int, nimg: int, to_state_dict) -> None:
+        """phema_{std}_{step}.pt (float16 state dicts; to_state_dict maps a parameter list to one) and their
+        widths, steps and image counts in folder/phema.json, for scripts/reconstruct_ema.py."""
+        index = read_index(folder)
+        for std, average in zip(self.stds, self.averages):
+            name = f"phema_{std:.3f}_{step:06d}.pt"
+            state = to_state_dict(average)
+            save_state_dict({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+                            os.path.join(folder, name))
+            index[name] = {"std": std, "step": step, "nimg": nimg}
+        data = json.dumps(index, indent=1, sort_keys=True).encode()
+        atomic_write(os.path.join(folder, "phema.json"), lambda f: f.write(data))
+
+
+def read_index(folder: str) -> dict:
+    """The snapshots of a run: {file name: {"std", "step", "nimg"}} (empty without phema.json)."""
+    path = os.path.join(folder, "phema.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

@@ -28,6 +28,7 @@ from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_
 from .fileio import atomic_write
 from .fp16_util import MixedPrecisionTrainer
 from .nn import update_ema
+from .phema import PowerFunctionEMA
 from .resample import LossAwareSampler, UniformSampler
 
 # Buffers are not re-broadcast before each forward pass (as the original); newer torch names the option anew.
@@ -42,6 +43,19 @@ def parse_resume_step_from_filename(filename: str) -> int:
     """The step in model{N}.pt, ema_{rate}_{N}.pt or opt{N}.pt (0 for other names)."""
     match = _STEP_RE.search(os.path.basename(filename))
     return int(match.group(1)) if match else 0
+
+
+def parse_phema_stds(text: str) -> list[float]:
+    """--phema_stds "0.05,0.10": relative widths (sigma_rel) of power-function EMAs, each in (0, 0.28]."""
+    if not text:
+        return []
+    try:
+        stds = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--phema_stds {text!r}: expected comma-separated widths like 0.05,0.10") from None
+    if not stds or any(not 0 < s <= 0.28 for s in stds):
+        raise ValueError(f"--phema_stds {text!r}: each width must lie in (0, 0.28]")
+    return stds
 
 
 def parse_ema_rates(ema_rate) -> list[float]:
@@ -128,7 +142,7 @@ class _Loop:
 
     def __init__(self, *, model, data, batch_size, microbatch, lr, ema_rate, log_interval, save_interval,
                  resume_checkpoint, use_fp16=False, use_bf16=False, fp16_scale_growth=1e-3, weight_decay=0.0,
-                 lr_anneal_steps=0, max_steps=0, initial_lg_loss_scale=20.0):
+                 lr_anneal_steps=0, max_steps=0, initial_lg_loss_scale=20.0, phema_stds=""):
         self.model = model
         self.data = data
         self.batch_size = batch_size
@@ -163,6 +177,8 @@ class _Loop:
             params = (self.mp_trainer.state_dict_to_master_params(source) if source is not None
                       else self.mp_trainer.master_params)
             self.ema_params.append([p.detach().clone().float() for p in params])
+        stds = parse_phema_stds(phema_stds)
+        self.phema = PowerFunctionEMA(self.mp_trainer.master_params, stds) if stds else None
         self._pending_rng = None
         if "opt" in resume_state:
             self._restore_training_state(resume_state["opt"])
@@ -213,6 +229,11 @@ class _Loop:
         rank = dist_util.get_rank()
         if len(saved.get("rng", [])) == dist_util.get_world_size():
             self._pending_rng = saved["rng"][rank]
+        if self.phema is not None:
+            if saved.get("phema") is None:
+                raise ValueError(f"--phema_stds given, but the resumed run {self.resume_checkpoint} tracked no "
+                                 "power-function EMAs: start a new run")
+            self.phema.load_state_dict(saved["phema"])
         positions = saved.get("data_position", [])
         if len(positions) == dist_util.get_world_size() and getattr(self.data, "position", None) not in (None, positions[rank]):
             logger.warn(f"the data stream is at batch {self.data.position}, the checkpoint at {positions[rank]}: "
@@ -254,6 +275,12 @@ class _Loop:
 
     def run_step(self) -> None:
         raise NotImplementedError
+
+    def _update_averages(self) -> None:
+        """The classic EMAs (after a successful step) are updated by the loops; the power-function EMAs after
+        every step, with the count of images seen (EDM2 Appendix C)."""
+        if self.phema is not None:
+            self.phema.update(self.mp_trainer.master_params, (self.step + 1) * self.global_batch, self.global_batch)
 
     def _anneal_lr(self) -> None:
         if not self.lr_anneal_steps:
@@ -300,10 +327,14 @@ class _Loop:
                                 os.path.join(self.log_dir, f"ema_{rate}_{self.step:06d}.pt"))
             save_state_dict(self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params),
                             os.path.join(self.log_dir, f"model{self.step:06d}.pt"))
+            if self.phema is not None:
+                self.phema.save_snapshots(self.log_dir, self.step, self.step * self.global_batch,
+                                          self.mp_trainer.master_params_to_state_dict)
             atomic_torch_save(
                 {"optimizer": self.opt.state_dict(), "step": self.step,
                  "lg_loss_scale": self.mp_trainer.lg_loss_scale if self.mp_trainer.use_fp16 else None,
-                 "rng": rng, "data_position": positions, "schedule_sampler": self._sampler_state()},
+                 "rng": rng, "data_position": positions, "schedule_sampler": self._sampler_state(),
+                 "phema": self.phema.state_dict() if self.phema is not None else None},
                 os.path.join(self.log_dir, f"opt{self.step:06d}.pt"),
             )
             logger.log(f"saved checkpoint for step {self.step} in {self.log_dir}")
@@ -319,7 +350,7 @@ class TrainLoop(_Loop):
     def __init__(self, *, model, diffusion, data, batch_size, microbatch, lr, ema_rate, log_interval,
                  save_interval, resume_checkpoint, use_fp16=False, fp16_scale_growth=1e-3, schedule_sampler=None,
                  weight_decay=0.0, lr_anneal_steps=0, use_bf16=False, max_steps=0, label_dropout=0.0,
-                 null_label=None):
+                 null_label=None, phema_stds=""):
         if label_dropout > 0 and null_label is None:
             raise ValueError("label dropout needs the model's null label")
         self.diffusion = diffusion
@@ -330,7 +361,7 @@ class TrainLoop(_Loop):
                          ema_rate=ema_rate, log_interval=log_interval, save_interval=save_interval,
                          resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, use_bf16=use_bf16,
                          fp16_scale_growth=fp16_scale_growth, weight_decay=weight_decay,
-                         lr_anneal_steps=lr_anneal_steps, max_steps=max_steps)
+                         lr_anneal_steps=lr_anneal_steps, max_steps=max_steps, phema_stds=phema_stds)
 
     def run_step(self) -> None:
         batch, cond = next(self.data)
@@ -338,6 +369,7 @@ class TrainLoop(_Loop):
         if self.mp_trainer.optimize(self.opt):
             for rate, params in self._ema_items():
                 update_ema(params, self.mp_trainer.master_params, rate=rate)
+        self._update_averages()
 
     def forward_backward(self, batch: torch.Tensor, cond: dict) -> None:
         """Accumulate the gradient of the batch's mean loss, one microbatch at a time."""
@@ -451,5 +483,5 @@ def train_diffusion_from_args(args, model, diffusion, make_data, label_dropout: 
         resume_checkpoint=resume, use_fp16=args.use_fp16, fp16_scale_growth=args.fp16_scale_growth,
         schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, use_bf16=args.use_bf16,
-        max_steps=args.max_steps, label_dropout=label_dropout, null_label=null_label,
+        max_steps=args.max_steps, label_dropout=label_dropout, null_label=null_label, phema_stds=args.phema_stds,
     ).run_loop()
