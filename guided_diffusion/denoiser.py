@@ -113,13 +113,12 @@ class PrecondDenoiser:
 
     sigmas = None  # no discrete levels: --sigma_schedule model does not apply
 
-    def __init__(self, net: torch.nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                 timestep: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, net: torch.nn.Module, timestep: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.net = net
         self.label_dim = getattr(net, "label_dim", 0)
-        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        # The levels the network supports (EDM records 0 and inf; EDM2 none): the sampler's range applies.
+        self.sigma_min, self.sigma_max = getattr(net, "sigma_min", 0.0), getattr(net, "sigma_max", math.inf)
         self._timestep = timestep
-        self.clip_denoised = False
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma, dtype=torch.float64)

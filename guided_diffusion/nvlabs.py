@@ -56,7 +56,7 @@ def _storage_from_bytes(data: bytes):
     """A tensor storage pickled by value, read with torch's weights-only loader (no arbitrary globals)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # TypedStorage deprecation
-        return torch.load(io.BytesIO(data), weights_only=True)
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
 _ALLOWED = {
@@ -128,14 +128,18 @@ def build(record: Record, source: str = "the pickle") -> torch.nn.Module:
     kwargs = dict(record.state.get("_init_kwargs") or {})
     with torch.device("meta"):
         module = _construct(record, source)
-    tensors = _tensors(record)
+    return _load_strict(module, _tensors(record), f"{source}: the {record.class_name} recorded with {kwargs}")
+
+
+def _load_strict(module: torch.nn.Module, tensors: dict, what: str) -> torch.nn.Module:
+    """Assign the tensors to the (meta-device) module after checking names and shapes; eval mode."""
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if found != expected:
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
         resized = [f"{n} {found[n]} (expected {expected[n]})" for n in expected if n in found and found[n] != expected[n]]
-        raise ValueError(f"{source}: the {record.class_name} recorded with {kwargs} does not match its tensors "
-                         f"(missing {missing[:3]}, unexpected {extra[:3]}, other shapes {resized[:2]})")
+        raise ValueError(f"{what} does not match its tensors (missing {missing[:3]}, unexpected {extra[:3]}, other "
+                         f"shapes {resized[:2]})")
     module.load_state_dict(tensors, strict=True, assign=True)
     return module.eval()
 
@@ -157,33 +161,44 @@ def _args_json(path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
 
 
-def is_converted(path: str) -> bool:
-    """Whether a .pt/.safetensors checkpoint holds a converted NVlabs network (args.json names its class)."""
+def _converted_entries(path: str) -> dict | None:
+    """The args.json beside path: {file name: {"class", "init_kwargs"}} of its converted networks (None when the
+    folder's args.json is not one of converted networks, e.g. a training run's)."""
     try:
         with open(_args_json(path)) as f:
-            return "nvlabs_class" in json.load(f)
-    except (OSError, ValueError):
-        return False
+            data = json.load(f)
+    except OSError:
+        return {}
+    except ValueError:
+        return None
+    return data.get("nvlabs_networks") if isinstance(data, dict) and set(data) == {"nvlabs_networks"} else None
+
+
+def is_converted(path: str) -> bool:
+    """Whether a .pt/.safetensors checkpoint is a converted NVlabs network (listed in the args.json beside it)."""
+    return os.path.basename(path) in (_converted_entries(path) or {})
 
 
 def save_converted(net: torch.nn.Module, path: str) -> None:
-    """Write the network's state dict (.pt or .safetensors) and an args.json with its class and constructor
-    arguments beside it, both atomically."""
+    """Write the network's state dict (.pt or .safetensors) and its class and constructor arguments into the
+    args.json beside it (one entry per file, so several networks can share a folder), both atomically."""
+    entries = _converted_entries(path)
+    if entries is None:
+        raise ValueError(f"{path}: its folder's args.json belongs to another checkpoint (a training run): write "
+                         "elsewhere")
     save_state_dict(net.state_dict(), path)
-    data = json.dumps({"nvlabs_class": type(net).__name__, "init_kwargs": net.init_kwargs}, indent=1).encode()
+    entries[os.path.basename(path)] = {"class": type(net).__name__, "init_kwargs": net.init_kwargs}
+    data = json.dumps({"nvlabs_networks": entries}, indent=1, sort_keys=True).encode()
     atomic_write(_args_json(path), lambda f: f.write(data))
 
 
 def load_converted(path: str) -> torch.nn.Module:
     """A network written by save_converted, in eval mode."""
-    with open(_args_json(path)) as f:
-        meta = json.load(f)
-    record = Record(meta["nvlabs_class"], {"_init_kwargs": meta["init_kwargs"]})
-    state = load_state_dict(path)
+    meta = _converted_entries(path)[os.path.basename(path)]
+    record = Record(meta["class"], {"_init_kwargs": meta["init_kwargs"]})
     with torch.device("meta"):
         module = _construct(record, path)
-    module.load_state_dict(state, strict=True, assign=True)
-    return module.eval()
+    return _load_strict(module, load_state_dict(path), f"{path}: the {record.class_name} of its args.json")
 
 
 def load_network(path: str, key: str = "ema") -> torch.nn.Module:

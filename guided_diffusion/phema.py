@@ -104,8 +104,21 @@ class PowerFunctionEMA:
             save_state_dict({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
                             os.path.join(folder, name))
             index[name] = {"std": std, "step": step, "nimg": nimg}
-        data = json.dumps(index, indent=1, sort_keys=True).encode()
-        atomic_write(os.path.join(folder, "phema.json"), lambda f: f.write(data))
+        _write_index(folder, index)
+
+    @staticmethod
+    def forget_snapshots_after(folder: str, step: int) -> None:
+        """On resuming at `step`, drop later snapshots of an abandoned continuation from the index (their files
+        are overwritten as the run reaches those steps again)."""
+        index = read_index(folder)
+        kept = {name: entry for name, entry in index.items() if entry["step"] <= step}
+        if kept != index:
+            _write_index(folder, kept)
+
+
+def _write_index(folder: str, index: dict) -> None:
+    data = json.dumps(index, indent=1, sort_keys=True).encode()
+    atomic_write(os.path.join(folder, "phema.json"), lambda f: f.write(data))
 
 
 def read_index(folder: str) -> dict:

@@ -94,7 +94,10 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
         vars(args).update({k: v for k, v in preset.items() if k not in explicit})
     require_file(args.model_path, "model_path")
     if is_nvlabs_pickle(args.model_path):
-        vars(args).update(nvlabs_flags(args.model_path, "model_path"))
+        if size_flag != "image_size":
+            raise ValueError(f"--model_path {args.model_path} is an EDM/EDM2 network, not an upsampler")
+        implied = {**nvlabs_flags(args.model_path, "model_path"), "clip_denoised": False}  # EDM does not clip D
+        vars(args).update({k: v for k, v in implied.items() if k not in explicit})
     else:
         apply_checkpoint_args(args, args.model_path, architecture, explicit, "model_path")
     guide = guide_args(args, architecture, size_flag)
@@ -116,6 +119,8 @@ def guide_args(args, architecture: dict, size_flag: str = "image_size") -> argpa
         return None
     require_file(args.guide_model_path, "guide_model_path")
     if is_nvlabs_pickle(args.guide_model_path):
+        if size_flag != "image_size":
+            raise ValueError(f"--guide_model_path {args.guide_model_path} is an EDM/EDM2 network, not an upsampler")
         guide = argparse.Namespace(**nvlabs_flags(args.guide_model_path, "guide_model_path"), use_fp16=False)
     else:
         guide = namespace_from_flags(architecture, args.guide_flags, args.guide_model_path, "guide_model_path")
@@ -168,7 +173,7 @@ def nvlabs_flags(path: str, flag: str) -> dict:
 def build(create: Callable, flags, architecture: dict, path: str, flag: str, use_fp16: bool = False):
     """(network, diffusion) from the factory `create` and its flags, with the checkpoint's weights loaded; for an
     NVlabs pickle (PrecondDenoiser of its network, None): a denoiser at continuous sigma, whose classifier
-    timesteps come from the ADM process of the flags (--noise_schedule, --diffusion_steps)."""
+    timesteps come from the ADM process of the flags (--noise_schedule, --diffusion_steps: the classifier's)."""
     if is_nvlabs_pickle(path):
         net = _nvlabs_network(path).to(dist_util.dev())
         adm = create_gaussian_diffusion(steps=flags.diffusion_steps, noise_schedule=flags.noise_schedule)

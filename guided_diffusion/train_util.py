@@ -55,6 +55,8 @@ def parse_phema_stds(text: str) -> list[float]:
         raise ValueError(f"--phema_stds {text!r}: expected comma-separated widths like 0.05,0.10") from None
     if not stds or any(not 0 < s <= 0.28 for s in stds):
         raise ValueError(f"--phema_stds {text!r}: each width must lie in (0, 0.28]")
+    if len({f"{s:.3f}" for s in stds}) != len(stds):
+        raise ValueError(f"--phema_stds {text!r}: widths must differ in their first three decimals (file names)")
     return stds
 
 
@@ -179,9 +181,15 @@ class _Loop:
             self.ema_params.append([p.detach().clone().float() for p in params])
         stds = parse_phema_stds(phema_stds)
         self.phema = PowerFunctionEMA(self.mp_trainer.master_params, stds) if stds else None
+        self.nimg = self.step * self.global_batch  # training images seen (restored from the optimizer file)
         self._pending_rng = None
         if "opt" in resume_state:
             self._restore_training_state(resume_state["opt"])
+        elif self.phema is not None and self.resume_step:
+            raise ValueError(f"--phema_stds: the resumed checkpoint {self.resume_checkpoint} has no optimizer file "
+                             "with the power-function EMAs: resume a run from its log folder (--resume_checkpoint auto)")
+        if self.phema is not None and dist_util.get_rank() == 0:
+            self.phema.forget_snapshots_after(self.log_dir, self.step)
 
         self.use_ddp = dist_util.get_world_size() > 1
         if self.use_ddp:
@@ -219,7 +227,11 @@ class _Loop:
     def _restore_training_state(self, saved: dict) -> None:
         if "optimizer" not in saved:  # a bare optimizer state dict, as the original wrote
             self.opt.load_state_dict(saved)
+            if self.phema is not None:
+                raise ValueError(f"--phema_stds: {self.resume_checkpoint} comes from a run without power-function "
+                                 "EMAs: start a new run")
             return
+        self.nimg = saved.get("nimg", self.nimg)
         self.opt.load_state_dict(saved["optimizer"])
         if self.mp_trainer.use_fp16 and saved.get("lg_loss_scale") is not None:
             self.mp_trainer.lg_loss_scale = saved["lg_loss_scale"]
@@ -257,6 +269,7 @@ class _Loop:
         while not self._done():
             self._anneal_lr()
             self.run_step()
+            self._count_images()
             self.step += 1
             bar.update(1)
             if self.step % self.log_interval == 0:
@@ -276,11 +289,12 @@ class _Loop:
     def run_step(self) -> None:
         raise NotImplementedError
 
-    def _update_averages(self) -> None:
-        """The classic EMAs (after a successful step) are updated by the loops; the power-function EMAs after
-        every step, with the count of images seen (EDM2 Appendix C)."""
+    def _count_images(self) -> None:
+        """After every step: the count of training images seen, and the power-function EMAs updated with it (EDM2
+        Appendix C; the classic EMAs are updated by the loops after successful steps only)."""
+        self.nimg += self.global_batch
         if self.phema is not None:
-            self.phema.update(self.mp_trainer.master_params, (self.step + 1) * self.global_batch, self.global_batch)
+            self.phema.update(self.mp_trainer.master_params, self.nimg, self.global_batch)
 
     def _anneal_lr(self) -> None:
         if not self.lr_anneal_steps:
@@ -328,13 +342,13 @@ class _Loop:
             save_state_dict(self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params),
                             os.path.join(self.log_dir, f"model{self.step:06d}.pt"))
             if self.phema is not None:
-                self.phema.save_snapshots(self.log_dir, self.step, self.step * self.global_batch,
+                self.phema.save_snapshots(self.log_dir, self.step, self.nimg,
                                           self.mp_trainer.master_params_to_state_dict)
             atomic_torch_save(
                 {"optimizer": self.opt.state_dict(), "step": self.step,
                  "lg_loss_scale": self.mp_trainer.lg_loss_scale if self.mp_trainer.use_fp16 else None,
                  "rng": rng, "data_position": positions, "schedule_sampler": self._sampler_state(),
-                 "phema": self.phema.state_dict() if self.phema is not None else None},
+                 "phema": self.phema.state_dict() if self.phema is not None else None, "nimg": self.nimg},
                 os.path.join(self.log_dir, f"opt{self.step:06d}.pt"),
             )
             logger.log(f"saved checkpoint for step {self.step} in {self.log_dir}")
@@ -369,7 +383,6 @@ class TrainLoop(_Loop):
         if self.mp_trainer.optimize(self.opt):
             for rate, params in self._ema_items():
                 update_ema(params, self.mp_trainer.master_params, rate=rate)
-        self._update_averages()
 
     def forward_backward(self, batch: torch.Tensor, cond: dict) -> None:
         """Accumulate the gradient of the batch's mean loss, one microbatch at a time."""

@@ -32,6 +32,9 @@ SHARED = [k for k in sampling.sampling_defaults() if k not in ("model_path", "lo
 
 def stage_args(args, defaults, flags, path, flag):
     require_file(path, flag)
+    if sampling.is_nvlabs_pickle(path):
+        raise ValueError(f"--{flag} {path} is an EDM/EDM2 network: sample it with image_sample.py or "
+                         "classifier_sample.py (cascade_sample.py takes ADM checkpoints)")
     stage = namespace_from_flags(defaults, flags, path, flag)
     for key in SHARED:
         setattr(stage, key, getattr(args, key))

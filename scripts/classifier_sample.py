@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     def classifier_matches():
         require_file(args.classifier_path, "classifier_path")
         keys = [k for k in classifier_defaults() if k.startswith("classifier_")]
+        if sampling.is_nvlabs_pickle(args.model_path):  # the classifier's own schedule maps sigma to its timesteps
+            keys += ["noise_schedule", "diffusion_steps"]
         saved = apply_checkpoint_args(args, args.classifier_path, keys, explicit_flags(argv), "classifier_path")
         sampling.match_classifier(args, saved or {}, args.classifier_path)
 

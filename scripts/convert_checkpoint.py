@@ -3,8 +3,9 @@ sampling script loads, without running any code from the pickle.
 
     python scripts/convert_checkpoint.py edm2-img64-s-1073741-0.075.pkl models/edm2-img64-s.pt [--key ema]
 
-Writes OUT (.pt, or .safetensors by its name) and args.json beside it (the network's class and constructor
-arguments); `image_sample.py --model_path OUT` then samples it like the pickle itself.
+Writes OUT (.pt, or .safetensors by its name) and its entry (class and constructor arguments) in the args.json
+beside it, which several converted networks can share; `image_sample.py --model_path OUT` then samples it like the
+pickle itself.
 """
 
 import argparse
@@ -21,9 +22,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.out.endswith((".pt", ".safetensors")):
         raise ValueError(f"{args.out}: the output must end in .pt or .safetensors")
-    if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(args.out)), "args.json")) and \
-            not nvlabs.is_converted(args.out):
-        raise ValueError(f"{args.out}: its folder already has an args.json of another checkpoint: write elsewhere")
     net = nvlabs.load_network_pickle(args.pickle, args.key)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     nvlabs.save_converted(net, args.out)

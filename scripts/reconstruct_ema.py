@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         if not 0 < args.ema_rate < 1:
             raise ValueError(f"--ema_rate {args.ema_rate}: must lie in (0, 1)")
         stds = [phema.classic_ema_std(args.ema_rate, step)]
+        if stds[0] > 0.28:
+            raise ValueError(f"--ema_rate {args.ema_rate} at step {step} is an EMA of relative width {stds[0]:.3f}, "
+                             "wider than power-function EMAs reach (0.28): use a later --step or a larger rate")
     else:
         try:
             stds = [float(s) for s in args.sigma_rel.split(",")]

@@ -188,8 +188,28 @@ def test_convert_checkpoint_writes_a_file_the_scripts_load(tmp_path, stand_ins, 
         assert code == 0, stderr
         images[path] = read_samples(folder / "samples_2x16x16x3.npz")["arr_0"]
     np.testing.assert_array_equal(images[source], images[out])
+    # EDM/EDM2 do not clip D: that is the default for these networks.
+    code, stderr = run_main("image_sample.py", ["--model_path", source, "--num_samples", 2, "--classes", "2",
+                                                "--sampler", "euler", "--steps", 3, "--log_dir", tmp_path / "noclip",
+                                                "--progress", False, "--clip_denoised", False])
+    assert code == 0, stderr
+    np.testing.assert_array_equal(read_samples(tmp_path / "noclip" / "samples_2x16x16x3.npz")["arr_0"], images[source])
+    # A second network converted into the same folder keeps the first one loadable.
+    small = edm2.Precond(**{**kwargs, "model_channels": 32})
+    second = _write(tmp_path / "second.pkl", {"ema": _Persistent(small, {**kwargs, "model_channels": 32})})
+    code, stderr = run_main("convert_checkpoint.py", [second, tmp_path / "converted" / f"second{suffix}"])
+    assert code == 0, stderr
+    assert nvlabs.load_network(str(out)).unet.enc["16x16_conv"].weight.shape[0] == 16
+    assert nvlabs.load_network(str(tmp_path / "converted" / f"second{suffix}")).unet.enc["16x16_conv"].weight.shape[0] == 32
     code, stderr = run_main("convert_checkpoint.py", [source, tmp_path / "x.bin"])
     assert code == 2 and "must end in .pt or .safetensors" in stderr
+    for script, args, message in (
+            ("cascade_sample.py", ["--base_model_path", source, "--sr_model_path", source],
+             f"--base_model_path {source} is an EDM/EDM2 network: sample it with image_sample.py"),
+            ("super_res_sample.py", ["--model_path", source, "--base_samples", source],
+             f"--model_path {source} is an EDM/EDM2 network, not an upsampler")):
+        code, stderr = run_main(script, [*args, "--log_dir", tmp_path / "bad"])
+        assert code == 2 and message in stderr and "\n" not in stderr, stderr
 
 
 def test_an_edm_snapshot_loads_too(tmp_path, stand_ins):

@@ -121,6 +121,8 @@ def test_training_snapshots_resume_and_reconstruct(tmp_path):
     code, stderr = run_main("reconstruct_ema.py", ["--run_dir", tmp_path / "whole", "--step", 3, "--sigma_rel",
                                                    "0.07"])
     assert code == 2 and "--step 3: snapshots exist at steps 2, 4" in stderr
+    code, stderr = run_main("reconstruct_ema.py", ["--run_dir", tmp_path / "whole", "--ema_rate", 0.9])
+    assert code == 2 and "--ema_rate 0.9 at step 4 is an EMA of relative width 2.500" in stderr
     code, stderr = run_main("image_train.py", ["--data_dir", images, "--log_dir", tmp_path / "bad",
                                                "--phema_stds", "0.5", *TINY_MODEL])
     assert code == 2 and "--phema_stds '0.5': each width must lie in (0, 0.28]" in stderr
