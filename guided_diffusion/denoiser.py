@@ -18,6 +18,12 @@ from .gaussian_diffusion import GaussianDiffusion, ModelMeanType
 from .guidance import broadcast, per_sample
 
 
+def process_sigmas(diffusion: GaussianDiffusion) -> torch.Tensor:
+    """The (respaced) process's noise levels u_j = sqrt((1 - alpha_bar_j) / alpha_bar_j), increasing in j."""
+    alphas_cumprod = torch.from_numpy(diffusion.alphas_cumprod)
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
 class Denoiser:
     """D(x; sigma) of a network trained with `diffusion` (respaced or not), called as model_fn(x_t, t, **kwargs).
 
@@ -36,8 +42,7 @@ class Denoiser:
         self.model_fn = model_fn
         self.clip_denoised = clip_denoised
         self.fractional = fractional
-        alphas_cumprod = torch.from_numpy(diffusion.alphas_cumprod)
-        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+        self.sigmas = process_sigmas(diffusion)
         self.sigma_min = float(self.sigmas[0])
         self.sigma_max = float(self.sigmas[-1])
         # The timestep the network was trained with at each level (timestep_map, rescaled if need be).

@@ -199,6 +199,24 @@ class DhariwalUNet(torch.nn.Module):
         return self.out_conv(F.silu(self.out_norm(x)))
 
 
+def preconditioning(x: torch.Tensor, sigma, class_labels: torch.Tensor | None, label_dim: int,
+                    sigma_data: float) -> tuple:
+    """What EDM's and EDM2's Precond share (EDM Table 1): x and sigma [N, 1, 1, 1] in float32, labels as float
+    one-hot rows (none: the zero row; None for an unconditional network), and c_skip, c_out, c_in, c_noise."""
+    x = x.float()
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+    if label_dim == 0:
+        class_labels = None
+    elif class_labels is None:
+        class_labels = torch.zeros([1, label_dim], device=x.device)
+    else:
+        class_labels = class_labels.float().reshape(-1, label_dim)
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
+    return x, class_labels, c_skip, c_out, c_in, sigma.flatten().log() / 4
+
+
 class EDMPrecond(torch.nn.Module):
     """D(x; sigma) = c_skip x + c_out F(c_in x; ln(sigma) / 4) with sigma_data 0.5 (EDM Table 1, eq. 7); labels
     are one-hot rows, none means the zero vector."""
@@ -219,18 +237,9 @@ class EDMPrecond(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
-        x = x.float()
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.float().reshape(-1, self.label_dim)
+        x, class_labels, c_skip, c_out, c_in, c_noise = preconditioning(x, sigma, class_labels, self.label_dim,
+                                                                        self.sigma_data)
         fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
-        c_skip = self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
-        c_out = sigma * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
-        c_in = 1 / (self.sigma_data**2 + sigma**2).sqrt()
-        out = self.model((c_in * x).to(torch.float16 if fp16 else torch.float32), (sigma.log() / 4).flatten(),
+        out = self.model((c_in * x).to(torch.float16 if fp16 else torch.float32), c_noise,
                          class_labels=class_labels, **model_kwargs)
         return c_skip * x + c_out * out.float()

@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .edm import preconditioning
+
 
 def normalize(x: torch.Tensor, dim: int | Sequence[int] | None = None, eps: float = 1e-4) -> torch.Tensor:
     """x divided by eps + its root mean square over `dim` (default: all but the first), computed in float32."""
@@ -243,19 +245,9 @@ class Precond(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, return_logvar: bool = False, **unet_kwargs):
-        x = x.float()
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.float().reshape(-1, self.label_dim)
+        x, class_labels, c_skip, c_out, c_in, c_noise = preconditioning(x, sigma, class_labels, self.label_dim,
+                                                                        self.sigma_data)
         fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
-        c_skip = self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
-        c_out = sigma * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
-        c_in = 1 / (self.sigma_data**2 + sigma**2).sqrt()
-        c_noise = sigma.flatten().log() / 4
         out = self.unet((c_in * x).to(torch.float16 if fp16 else torch.float32), c_noise, class_labels, **unet_kwargs)
         denoised = c_skip * x + c_out * out.float()
         if return_logvar:

@@ -143,7 +143,7 @@ class GuidedDenoiser:
     def __init__(self, main: Denoiser, references: list[Reference] = (), classifier: ClassifierTerm | None = None,
                  clip_denoised: bool = False):
         self.main = main
-        self.references = [r for r in references if r.scale != 1]  # w = 1 is the main model: nothing to add
+        self.references = list(references)
         self.classifier = classifier
         self.clip_denoised = clip_denoised
 

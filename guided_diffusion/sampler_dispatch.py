@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from . import dist_util, samplers
-from .denoiser import Denoiser
+from .denoiser import Denoiser, process_sigmas
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import Guidance
 from .rng import SampleRNG
@@ -83,12 +83,6 @@ class SamplerOptions:
     def flag_defaults(cls) -> dict:
         """The sampler flags and their defaults (progress is a script flag of its own)."""
         return {f.name: f.default for f in fields(cls) if f.name != "progress"}
-
-
-def process_sigmas(diffusion: GaussianDiffusion) -> torch.Tensor:
-    """The (respaced) process's noise levels u_j = sqrt((1 - alpha_bar_j) / alpha_bar_j), increasing in j."""
-    alphas_cumprod = torch.from_numpy(diffusion.alphas_cumprod)
-    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
 def noise_levels(denoiser: Denoiser, options: SamplerOptions) -> torch.Tensor:

@@ -280,11 +280,11 @@ def _trajectory_for(indices: list[int], count: int, steps: int) -> Trajectory | 
 
 
 def _sample(diffusion, model_fn, shape, kwargs: dict, indices: list[int], args, options: SamplerOptions,
-            guidance: Guidance) -> np.ndarray:
+            guidance: Guidance, steps: int) -> np.ndarray:
     """uint8 NHWC samples of one batch, with the trajectory strip when this batch holds sample 0; diffusion None
     means model_fn is a denoiser at continuous sigma (an EDM/EDM2 network)."""
     rng = SampleRNG([args.seed + i for i in indices])
-    trajectory = _trajectory_for(indices, args.save_trajectory, step_count(diffusion or model_fn, options))
+    trajectory = _trajectory_for(indices, args.save_trajectory, steps)
     if diffusion is None:
         sample = run_sigma_sampler(model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
                                    device=dist_util.dev())
@@ -306,6 +306,7 @@ def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> 
     classes = parse_classes(args.classes, args.num_classes) if labelled else None
     options = sampler_options(args)
     guidance.check_intervals(visited_levels(diffusion or model_fn, options))
+    steps = step_count(diffusion or model_fn, options)
 
     def make_batch(indices):
         labels = None
@@ -314,7 +315,7 @@ def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> 
             labels = labels_for(indices, args.seed, args.num_classes, classes)
             kwargs["y"] = labels.to(dist_util.dev())
         shape = (len(indices), 3, args.image_size, args.image_size)
-        return _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance), labels
+        return _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance, steps), labels
 
     return make_batch
 
@@ -367,11 +368,12 @@ def super_res_batch_fn(model, diffusion, args, base: BaseSamples, guidance: Guid
     model_fn = model_fn_for(model, args.class_cond, args.use_bf16)
     options = sampler_options(args)
     guidance.check_intervals(visited_levels(diffusion, options))
+    steps = step_count(diffusion, options)
 
     def make_batch(indices):
         kwargs = {k: v.to(dist_util.dev()) for k, v in base.batch(indices).items()}
         shape = (len(indices), 3, args.large_size, args.large_size)
-        images = _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance)
+        images = _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance, steps)
         return images, kwargs["y"].cpu() if "y" in kwargs else None
 
     return make_batch

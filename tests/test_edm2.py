@@ -41,19 +41,24 @@ def test_thirteen_presets_from_124m_to_1_5g_parameters():
     assert min(sizes.values()) > 124e6 and max(sizes.values()) < 1.53e9
 
 
-@pytest.fixture(scope="module")
-def small():
-    meta = _json(os.path.join(EDM2, "edm2_small_precond.json"))
-    with np.load(os.path.join(EDM2, "edm2_small_precond.npz")) as data:
-        golden = {k: torch.from_numpy(data[k]) for k in data.files}
-    net = formula_weights(edm2.Precond(**meta["init_kwargs"]))
+def _golden_weights(net: edm2.Precond) -> edm2.Precond:
+    """The reference's weights: the formula for every tensor, then out_gain 1 and emb_gain 0.5."""
+    formula_weights(net)
     with torch.no_grad():
         for name, param in net.named_parameters():
             if name.endswith("out_gain"):
                 param.fill_(1.0)
             elif name.endswith("emb_gain"):
                 param.fill_(0.5)
-    return net, golden, meta["init_kwargs"]["label_dim"]
+    return net
+
+
+@pytest.fixture(scope="module")
+def small():
+    meta = _json(os.path.join(EDM2, "edm2_small_precond.json"))
+    with np.load(os.path.join(EDM2, "edm2_small_precond.npz")) as data:
+        golden = {k: torch.from_numpy(data[k]) for k in data.files}
+    return _golden_weights(edm2.Precond(**meta["init_kwargs"])), golden, meta["init_kwargs"]["label_dim"]
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-5) -> None:
@@ -74,13 +79,7 @@ def test_denoiser_and_uncertainty_match_nvlabs(small):
 
 def test_training_loss_and_forced_weight_normalization_match_nvlabs(small):
     net, golden, label_dim = small
-    net = formula_weights(net)  # fresh formula weights: the loss forward rewrites them
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name.endswith("out_gain"):
-                param.fill_(1.0)
-            elif name.endswith("emb_gain"):
-                param.fill_(0.5)
+    net = _golden_weights(net)  # fresh formula weights: the loss forward rewrites them
     net.train()
     onehot = torch.nn.functional.one_hot(golden["labels"].long(), label_dim).float()
     sigma = (golden["rnd_normal"] * golden["P_std"] + golden["P_mean"]).exp()
