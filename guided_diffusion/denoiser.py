@@ -137,7 +137,8 @@ class PrecondDenoiser:
             raise ValueError("classifier guidance of an EDM/EDM2 model needs the classifier's noise schedule")
         return self._timestep(sigma)
 
-    def with_extra(self, x: torch.Tensor, sigma, y: torch.Tensor | None = None, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    def with_extra(self, x: torch.Tensor, sigma, y: torch.Tensor | None = None,
+                   **_) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = per_sample(sigma, x)
         labels = None
         if self.label_dim and y is not None:

@@ -119,7 +119,8 @@ def _construct(record: Record, source: str) -> torch.nn.Module:
     try:
         return NETWORKS[record.class_name](*args, **dict(record.state.get("_init_kwargs") or {}))
     except TypeError as e:
-        raise ValueError(f"{source}: the recorded arguments do not fit this project's {record.class_name}: {e}") from None
+        raise ValueError(f"{source}: the recorded arguments do not fit this project's {record.class_name}: "
+                         f"{e}") from None
 
 
 def build(record: Record, source: str = "the pickle") -> torch.nn.Module:
@@ -137,7 +138,8 @@ def _load_strict(module: torch.nn.Module, tensors: dict, what: str) -> torch.nn.
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if found != expected:
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-        resized = [f"{n} {found[n]} (expected {expected[n]})" for n in expected if n in found and found[n] != expected[n]]
+        resized = [f"{n} {found[n]} (expected {expected[n]})" for n in expected
+                   if n in found and found[n] != expected[n]]
         raise ValueError(f"{what} does not match its tensors (missing {missing[:3]}, unexpected {extra[:3]}, other "
                          f"shapes {resized[:2]})")
     module.load_state_dict(tensors, strict=True, assign=True)
@@ -206,16 +208,49 @@ def load_network(path: str, key: str = "ema") -> torch.nn.Module:
     return load_network_pickle(path, key) if path.endswith(".pkl") else load_converted(path)
 
 
-# EDM2's pixel-space generator presets (its generate_images.py): name -> (network, guide network or None, guide
-# scale). The files are posted at EDM2_URL; img512 presets need Stability's VAE and are not listed.
+# EDM2's generator presets (its generate_images.py): name -> (network, guide network or None, guide scale). The
+# files are posted at EDM2_URL. The img512 networks work on latents: they resolve, and loading them says that
+# decoding needs Stability's VAE, which this project does not include.
 EDM2_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
 EDM2_PRESETS: dict[str, tuple[str, str | None, float]] = {
+    "edm2-img512-xs-fid": ("edm2-img512-xs-2147483-0.135.pkl", None, 1.0),
+    "edm2-img512-xs-dino": ("edm2-img512-xs-2147483-0.200.pkl", None, 1.0),
+    "edm2-img512-s-fid": ("edm2-img512-s-2147483-0.130.pkl", None, 1.0),
+    "edm2-img512-s-dino": ("edm2-img512-s-2147483-0.190.pkl", None, 1.0),
+    "edm2-img512-m-fid": ("edm2-img512-m-2147483-0.100.pkl", None, 1.0),
+    "edm2-img512-m-dino": ("edm2-img512-m-2147483-0.155.pkl", None, 1.0),
+    "edm2-img512-l-fid": ("edm2-img512-l-1879048-0.085.pkl", None, 1.0),
+    "edm2-img512-l-dino": ("edm2-img512-l-1879048-0.155.pkl", None, 1.0),
+    "edm2-img512-xl-fid": ("edm2-img512-xl-1342177-0.085.pkl", None, 1.0),
+    "edm2-img512-xl-dino": ("edm2-img512-xl-1342177-0.155.pkl", None, 1.0),
+    "edm2-img512-xxl-fid": ("edm2-img512-xxl-0939524-0.070.pkl", None, 1.0),
+    "edm2-img512-xxl-dino": ("edm2-img512-xxl-0939524-0.150.pkl", None, 1.0),
     "edm2-img64-s-fid": ("edm2-img64-s-1073741-0.075.pkl", None, 1.0),
     "edm2-img64-m-fid": ("edm2-img64-m-2147483-0.060.pkl", None, 1.0),
     "edm2-img64-l-fid": ("edm2-img64-l-1073741-0.040.pkl", None, 1.0),
     "edm2-img64-xl-fid": ("edm2-img64-xl-0671088-0.040.pkl", None, 1.0),
-    "edm2-img64-s-autog-fid": ("edm2-img64-s-1073741-0.045.pkl", "edm2-img64-xs-0134217-0.110.pkl", 1.70),
-    "edm2-img64-s-autog-dino": ("edm2-img64-s-1073741-0.105.pkl", "edm2-img64-xs-0134217-0.175.pkl", 2.20),
+    "edm2-img512-xs-guid-fid": ("edm2-img512-xs-2147483-0.045.pkl", "edm2-img512-xs-uncond-2147483-0.045.pkl", 1.4),
+    "edm2-img512-xs-guid-dino": ("edm2-img512-xs-2147483-0.150.pkl", "edm2-img512-xs-uncond-2147483-0.150.pkl", 1.7),
+    "edm2-img512-s-guid-fid": ("edm2-img512-s-2147483-0.025.pkl", "edm2-img512-xs-uncond-2147483-0.025.pkl", 1.4),
+    "edm2-img512-s-guid-dino": ("edm2-img512-s-2147483-0.085.pkl", "edm2-img512-xs-uncond-2147483-0.085.pkl", 1.9),
+    "edm2-img512-m-guid-fid": ("edm2-img512-m-2147483-0.030.pkl", "edm2-img512-xs-uncond-2147483-0.030.pkl", 1.2),
+    "edm2-img512-m-guid-dino": ("edm2-img512-m-2147483-0.015.pkl", "edm2-img512-xs-uncond-2147483-0.015.pkl", 2.0),
+    "edm2-img512-l-guid-fid": ("edm2-img512-l-1879048-0.015.pkl", "edm2-img512-xs-uncond-2147483-0.015.pkl", 1.2),
+    "edm2-img512-l-guid-dino": ("edm2-img512-l-1879048-0.035.pkl", "edm2-img512-xs-uncond-2147483-0.035.pkl", 1.7),
+    "edm2-img512-xl-guid-fid": ("edm2-img512-xl-1342177-0.020.pkl", "edm2-img512-xs-uncond-2147483-0.020.pkl", 1.2),
+    "edm2-img512-xl-guid-dino": ("edm2-img512-xl-1342177-0.030.pkl", "edm2-img512-xs-uncond-2147483-0.030.pkl", 1.7),
+    "edm2-img512-xxl-guid-fid": ("edm2-img512-xxl-0939524-0.015.pkl", "edm2-img512-xs-uncond-2147483-0.015.pkl", 1.2),
+    "edm2-img512-xxl-guid-dino": ("edm2-img512-xxl-0939524-0.015.pkl", "edm2-img512-xs-uncond-2147483-0.015.pkl", 1.7),
+    "edm2-img512-s-autog-fid": ("edm2-img512-s-2147483-0.070.pkl", "edm2-img512-xs-0134217-0.125.pkl", 2.1),
+    "edm2-img512-s-autog-dino": ("edm2-img512-s-2147483-0.120.pkl", "edm2-img512-xs-0134217-0.165.pkl", 2.45),
+    "edm2-img512-xxl-autog-fid": ("edm2-img512-xxl-0939524-0.075.pkl", "edm2-img512-m-0268435-0.155.pkl", 2.05),
+    "edm2-img512-xxl-autog-dino": ("edm2-img512-xxl-0939524-0.130.pkl", "edm2-img512-m-0268435-0.205.pkl", 2.3),
+    "edm2-img512-s-uncond-autog-fid": ("edm2-img512-s-uncond-2147483-0.070.pkl",
+                                       "edm2-img512-xs-uncond-0134217-0.110.pkl", 2.85),
+    "edm2-img512-s-uncond-autog-dino": ("edm2-img512-s-uncond-2147483-0.090.pkl",
+                                        "edm2-img512-xs-uncond-0134217-0.125.pkl", 2.9),
+    "edm2-img64-s-autog-fid": ("edm2-img64-s-1073741-0.045.pkl", "edm2-img64-xs-0134217-0.110.pkl", 1.7),
+    "edm2-img64-s-autog-dino": ("edm2-img64-s-1073741-0.105.pkl", "edm2-img64-xs-0134217-0.175.pkl", 2.2),
 }
 
 

@@ -235,7 +235,13 @@ def test_edm2_presets_resolve_to_files_and_name_the_download(tmp_path, stand_ins
     assert (f"{tmp_path}/edm2-img64-s-1073741-0.045.pkl not found: download https://nvlabs-fi-cdn.nvidia.com/edm2/"
             "posthoc-reconstructions/edm2-img64-s-1073741-0.045.pkl into --model_dir") in stderr
     code, stderr = run_main("image_sample.py", ["--preset", "edm2-img64-q-fid"])
-    assert code == 2 and "--preset 'edm2-img64-q-fid': choose one of edm2-img64-s-fid" in stderr
+    assert code == 2 and "--preset 'edm2-img64-q-fid': choose one of edm2-img512-xs-fid" in stderr
+    assert len(nvlabs.EDM2_PRESETS) == 36 and nvlabs.EDM2_PRESETS["edm2-img512-xxl-autog-fid"] == (
+        "edm2-img512-xxl-0939524-0.075.pkl", "edm2-img512-m-0268435-0.155.pkl", 2.05)
+    latent = edm2.Precond(**{**SMALL, "img_channels": 4})
+    path = _write(tmp_path / "latent.pkl", {"ema": _Persistent(latent, {**SMALL, "img_channels": 4})})
+    code, stderr = run_main("image_sample.py", ["--model_path", path, "--log_dir", tmp_path / "bad"])
+    assert code == 2 and "works on 4-channel latents (EDM2 img512): decoding them needs Stability's VAE" in stderr
     for name in ("edm2-img64-s-1073741-0.045.pkl", "edm2-img64-xs-0134217-0.110.pkl"):
         (tmp_path / name).touch()
     flags = nvlabs.resolve_preset("edm2-img64-s-autog-fid", str(tmp_path))
