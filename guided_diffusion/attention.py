@@ -61,10 +61,14 @@ class QKVAttentionLegacy(nn.Module):
         super().__init__()
         self.n_heads = n_heads
 
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+    def forward(self, qkv: torch.Tensor, extra_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """extra_kv [N, heads * 2 * d, S]: more keys and values (head by head) for every query to attend to."""
         batch, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = qkv.reshape(batch * self.n_heads, ch * 3, length).split(ch, dim=1)
+        if extra_kv is not None:
+            k_extra, v_extra = extra_kv.reshape(batch * self.n_heads, ch * 2, -1).split(ch, dim=1)
+            k, v = torch.cat([k, k_extra], dim=2), torch.cat([v, v_extra], dim=2)
         return attend(q, k, v).reshape(batch, -1, length)
 
 
@@ -75,10 +79,14 @@ class QKVAttention(nn.Module):
         super().__init__()
         self.n_heads = n_heads
 
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+    def forward(self, qkv: torch.Tensor, extra_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """extra_kv [N, 2 * heads * d, S]: more keys and values (k first) for every query to attend to."""
         batch, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = (part.reshape(batch * self.n_heads, ch, length) for part in qkv.chunk(3, dim=1))
+        if extra_kv is not None:
+            k_extra, v_extra = (part.reshape(batch * self.n_heads, ch, -1) for part in extra_kv.chunk(2, dim=1))
+            k, v = torch.cat([k, k_extra], dim=2), torch.cat([v, v_extra], dim=2)
         return attend(q, k, v).reshape(batch, -1, length)
 
 
@@ -97,7 +105,8 @@ def heads_for(channels: int, num_heads: int, num_head_channels: int) -> int:
 
 
 class AttentionBlock(nn.Module):
-    """Residual self-attention over all spatial positions."""
+    """Residual self-attention over all spatial positions; with context_channels, a context vector (the class
+    embedding, --class_attention) is one more key/value token every position attends to."""
 
     def __init__(
         self,
@@ -106,6 +115,7 @@ class AttentionBlock(nn.Module):
         num_head_channels: int = -1,
         use_checkpoint: bool = False,
         use_new_attention_order: bool = False,
+        context_channels: int | None = None,
     ):
         super().__init__()
         self.channels = channels
@@ -115,16 +125,19 @@ class AttentionBlock(nn.Module):
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         self.attention = QKVAttention(self.num_heads) if use_new_attention_order else QKVAttentionLegacy(self.num_heads)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
+        if context_channels is not None:
+            self.context_kv = nn.Linear(context_channels, channels * 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.use_checkpoint and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+            return torch.utils.checkpoint.checkpoint(self._forward, x, context, use_reentrant=False)
+        return self._forward(x, context)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         batch, channels, *spatial = x.shape
         x = x.reshape(batch, channels, -1)
-        h = self.proj_out(self.attention(self.qkv(self.norm(x))))
+        extra = None if context is None else self.context_kv(context.float()).to(x.dtype)[:, :, None]
+        h = self.proj_out(self.attention(self.qkv(self.norm(x)), extra))
         return (x + h).reshape(batch, channels, *spatial)
 
 

@@ -20,11 +20,17 @@ class TimestepBlock(nn.Module):
 
 
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
-    """A sequential container that hands the timestep embedding to the children that take it."""
+    """A sequential container that hands the timestep embedding to the children that take it, and a context
+    (the class embedding under --class_attention) to attention blocks that take one."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif context is not None and hasattr(layer, "context_kv"):
+                x = layer(x, context)
+            else:
+                x = layer(x)
         return x
 
 

@@ -70,8 +70,19 @@ def training_defaults() -> dict:
         random_crop=False,
         skip_bad_images=False,
         num_workers=1,
-        # Power-function EMAs (EDM2) of these relative widths, snapshot at every save for reconstruct_ema.py.
+        # Augmentations recorded for control conditioning (control.py): rescale each source by a factor in
+        # "lo,hi" before cropping; random crops cover at least min_crop_frac^2 of the short side's square.
+        random_resize="",
+        min_crop_frac=0.8,
+        # Power-function EMAs (EDM2) of these relative widths, for reconstruct_ema.py: snapshots every
+        # phema_interval training images (0: at every save).
         phema_stds="",
+        phema_interval=0,
+        # Adam's betas ("" = 0.9,0.999; 0.9,0.99 for --arch edm2) and EDM2's learning-rate schedule in images:
+        # lr / sqrt(max(images / lr_ref_images, 1)) after a linear ramp-up over lr_rampup_images (0 = off).
+        adam_betas="",
+        lr_ref_images=0.0,
+        lr_rampup_images=0.0,
     )
 
 
@@ -84,7 +95,7 @@ def start(args, script: str) -> str:
     """Set up the process group, the log folder (printed first) with args.json, and the seeds; returns the
     log folder."""
     from . import dist_util, logger
-    from .train_util import write_args_json
+    from .train_state import write_args_json
 
     dist_util.setup_dist()
     log_dir = logger.configure(dir=args.log_dir or None, script=script)

@@ -111,10 +111,24 @@ class Denoiser:
         return self.with_extra(x, sigma, **model_kwargs)[0]
 
 
+def net_labels(net: torch.nn.Module, y: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a denoiser network takes for integer labels y: the integers for an ADM network in EDM's
+    preconditioning (its null label is an embedding row), else one-hot rows [N, label_dim] in which the null
+    label label_dim (label dropout) is the zero row, the unconditional embedding of EDM/EDM2 networks; None for
+    an unconditional network."""
+    net = getattr(net, "module", net)  # DistributedDataParallel
+    if y is None:
+        return None
+    if getattr(net, "integer_labels", False):
+        return y if net.class_cond else None
+    label_dim = getattr(net, "label_dim", 0)
+    return torch.nn.functional.one_hot(y.long(), label_dim + 1)[:, :label_dim].float() if label_dim else None
+
+
 class PrecondDenoiser:
-    """D(x; sigma) of a network that is a denoiser itself (EDM's and EDM2's Precond: net(x, sigma, one-hot labels)),
-    at continuous sigma. Integer labels y become one-hot rows; a network without labels ignores them. timestep
-    maps sigma to what a noisy ADM classifier expects (classifier_timestep), when one guides this model."""
+    """D(x; sigma) of a network that is a denoiser itself (EDM's and EDM2's Precond, an ADM network trained with
+    --objective edm: net(x, sigma, labels, **kwargs)), at continuous sigma; labels as net_labels. timestep maps
+    sigma to what a noisy ADM classifier expects (classifier_timestep), when one guides this model."""
 
     sigmas = None  # no discrete levels: --sigma_schedule model does not apply
 
@@ -138,12 +152,9 @@ class PrecondDenoiser:
         return self._timestep(sigma)
 
     def with_extra(self, x: torch.Tensor, sigma, y: torch.Tensor | None = None,
-                   **_) -> tuple[torch.Tensor, torch.Tensor]:
+                   **model_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = per_sample(sigma, x)
-        labels = None
-        if self.label_dim and y is not None:
-            labels = torch.nn.functional.one_hot(y.long(), self.label_dim).float()
-        denoised = self.net(x.float(), sigma.float(), labels).to(x.dtype)
+        denoised = self.net(x.float(), sigma.float(), net_labels(self.net, y), **model_kwargs).to(x.dtype)
         return denoised, x[:, :0]
 
     def __call__(self, x: torch.Tensor, sigma, **model_kwargs) -> torch.Tensor:

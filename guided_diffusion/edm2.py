@@ -97,20 +97,36 @@ class MPConv(torch.nn.Module):
         return F.conv2d(x, w, padding=w.shape[-1] // 2)
 
 
+def has_mp_weights(module: torch.nn.Module) -> bool:
+    """Whether the module holds magnitude-preserving layers (an EDM2 network)."""
+    return any(isinstance(m, MPConv) for m in module.modules())
+
+
+@torch.no_grad()
+def project_weights(module: torch.nn.Module) -> None:
+    """Forced weight normalization after an optimizer step (Eq. 66): every MPConv weight back to unit magnitude
+    per output channel, so the weights live on the sphere the forward pass assumes."""
+    for m in module.modules():
+        if isinstance(m, MPConv):
+            m.weight.copy_(normalize(m.weight.float()))
+
+
 class Block(torch.nn.Module):
     """An encoder ("enc") or decoder ("dec") residual block with optional resampling and cosine self-attention
-    (Fig. 21): the embedding scales the residual branch, branches meet by mp_sum, activations are clipped."""
+    (Fig. 21): the embedding scales the residual branch, branches meet by mp_sum, activations are clipped. With
+    context_channels, the attention also attends to one key/value token made from a context (--class_attention)."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, flavor: str = "enc",
                  resample_mode: str = "keep", resample_filter: Sequence[float] = (1, 1), attention: bool = False,
                  channels_per_head: int = 64, dropout: float = 0, res_balance: float = 0.3,
-                 attn_balance: float = 0.3, clip_act: float | None = 256):
+                 attn_balance: float = 0.3, clip_act: float | None = 256, context_channels: int | None = None):
         super().__init__()
         self.out_channels = out_channels
         self.flavor = flavor
         self.resample_filter = resample_filter
         self.resample_mode = resample_mode
-        self.num_heads = out_channels // channels_per_head if attention else 0
+        # At least one head where a context must be attended to (narrower than channels_per_head).
+        self.num_heads = max(out_channels // channels_per_head, int(bool(context_channels))) if attention else 0
         self.dropout = dropout
         self.res_balance = res_balance
         self.attn_balance = attn_balance
@@ -122,8 +138,10 @@ class Block(torch.nn.Module):
         self.conv_skip = MPConv(in_channels, out_channels, kernel=[1, 1]) if in_channels != out_channels else None
         self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1]) if self.num_heads else None
         self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1]) if self.num_heads else None
+        if self.num_heads and context_channels:
+            self.attn_context = MPConv(context_channels, out_channels * 2, kernel=[])
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         x = resample(x, self.resample_filter, self.resample_mode)
         if self.flavor == "enc":
             if self.conv_skip is not None:
@@ -139,14 +157,18 @@ class Block(torch.nn.Module):
             x = self.conv_skip(x)
         x = mp_sum(x, y, t=self.res_balance)
         if self.num_heads:
-            x = mp_sum(x, self._attention(x), t=self.attn_balance)
+            x = mp_sum(x, self._attention(x, context), t=self.attn_balance)
         return x.clip_(-self.clip_act, self.clip_act) if self.clip_act is not None else x
 
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+    def _attention(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine attention: q, k and v normalized to unit RMS per head and position, softmax(q k / sqrt(c))."""
         n, channels, h, w = x.shape
         qkv = self.attn_qkv(x).reshape(n, self.num_heads, channels // self.num_heads, 3, h * w)
         q, k, v = normalize(qkv, dim=2).unbind(3)  # [n, heads, c, positions]
+        if context is not None and hasattr(self, "attn_context"):
+            kv = self.attn_context(context.to(x.dtype)).reshape(n, self.num_heads, channels // self.num_heads, 2, 1)
+            k_extra, v_extra = normalize(kv, dim=2).unbind(3)
+            k, v = torch.cat([k, k_extra], dim=3), torch.cat([v, v_extra], dim=3)
         # The explicit product on every device, as NVlabs computes it (a fused kernel is not verified to match).
         weights = torch.einsum("nhcq,nhck->nhqk", q, k / math.sqrt(q.shape[2])).softmax(dim=3)
         y = torch.einsum("nhqk,nhck->nhcq", weights, v)
@@ -156,13 +178,18 @@ class Block(torch.nn.Module):
 class UNet(torch.nn.Module):
     """EDM2's U-Net (Fig. 21): F(x; c_noise, labels) with MP-Fourier noise embedding, label embedding mixed in by
     mp_sum, encoder and decoder blocks per resolution, skip connections joined by mp_cat and a learned output
-    gain (zero at initialization)."""
+    gain (zero at initialization). class_attention feeds the label embedding to the attention layers instead (the
+    lowest resolution always has one); control_cond ("crop,flip,size") adds control.ControlEmbedding's gated
+    embedding of the control record, gates from control_gates ("size=1:0.2"). Both off: EDM2's network."""
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int, model_channels: int = 192,
                  channel_mult: Sequence[int] = (1, 2, 3, 4), channel_mult_noise: int | None = None,
                  channel_mult_emb: int | None = None, num_blocks: int = 3, attn_resolutions: Sequence[int] = (16, 8),
-                 label_balance: float = 0.5, concat_balance: float = 0.5, **block_kwargs):
+                 label_balance: float = 0.5, concat_balance: float = 0.5, class_attention: bool = False,
+                 control_cond: str = "", control_gates: str = "", control_gating: bool = True, **block_kwargs):
         super().__init__()
+        from .control import ControlEmbedding, parse_gates, parse_groups
+
         widths = [model_channels * m for m in channel_mult]
         noise_channels = model_channels * channel_mult_noise if channel_mult_noise is not None else widths[0]
         emb_channels = model_channels * channel_mult_emb if channel_mult_emb is not None else max(widths)
@@ -172,6 +199,13 @@ class UNet(torch.nn.Module):
         self.emb_fourier = MPFourier(noise_channels)
         self.emb_noise = MPConv(noise_channels, emb_channels, kernel=[])
         self.emb_label = MPConv(label_dim, emb_channels, kernel=[]) if label_dim else None
+        if class_attention and not label_dim:
+            raise ValueError("--class_attention True needs a class-conditional model (--class_cond True)")
+        self.class_attention = class_attention
+        self.control_embed = (ControlEmbedding(parse_groups(control_cond), emb_channels, parse_gates(control_gates),
+                                               control_gating) if control_cond else None)
+        if class_attention:
+            block_kwargs = {**block_kwargs, "context_channels": emb_channels}
 
         def block(cin: int, cout: int, **kwargs) -> Block:
             return Block(cin, cout, emb_channels, **kwargs, **block_kwargs)
@@ -205,21 +239,30 @@ class UNet(torch.nn.Module):
                 channels = width
         self.out_conv = MPConv(channels, img_channels, kernel=[3, 3])
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
+                control: torch.Tensor | None = None, control_sigma: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.emb_noise(self.emb_fourier(noise_labels))
+        context = None
         if self.emb_label is not None:
             labels = self.emb_label(class_labels * math.sqrt(class_labels.shape[1]))
-            emb = mp_sum(emb, labels, t=self.label_balance)
+            if self.class_attention:
+                context = labels.expand(len(x), -1)
+            else:
+                emb = mp_sum(emb, labels, t=self.label_balance)
+        if self.control_embed is not None:
+            if control is None or control_sigma is None:
+                raise ValueError("this model takes control records (--control_cond): pass control and control_sigma")
+            emb = emb + self.control_embed(control, control_sigma)
         emb = mp_silu(emb)
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         skips = []
         for name, layer in self.enc.items():
-            x = layer(x) if name.endswith("_conv") else layer(x, emb)
+            x = layer(x) if name.endswith("_conv") else layer(x, emb, context)
             skips.append(x)
         for name, layer in self.dec.items():
             if "_block" in name:
                 x = mp_cat(x, skips.pop(), t=self.concat_balance)
-            x = layer(x, emb)
+            x = layer(x, emb, context)
         return self.out_conv(x, gain=self.out_gain)
 
 
@@ -248,6 +291,8 @@ class Precond(torch.nn.Module):
         x, class_labels, c_skip, c_out, c_in, c_noise = preconditioning(x, sigma, class_labels, self.label_dim,
                                                                         self.sigma_data)
         fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
+        if unet_kwargs.get("control") is not None:  # the control gates are functions of sigma
+            unet_kwargs["control_sigma"] = c_noise.mul(4).exp()
         out = self.unet((c_in * x).to(torch.float16 if fp16 else torch.float32), c_noise, class_labels, **unet_kwargs)
         denoised = c_skip * x + c_out * out.float()
         if return_logvar:

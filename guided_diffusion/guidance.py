@@ -10,6 +10,8 @@ With D the main (conditional) model's denoiser, the guided denoiser is
   given the same labels, w = --guide_scale, giving D_guide + w (D - D_guide);
 - classifier guidance (Dhariwal & Nichol 2021): the score shifted by a noisy classifier's gradient (EDM eq. 3
   with D = x + sigma^2 score), added last and unclipped as ADM's DDIM does;
+- control guidance (control.py, Berrada et al. 2024): R = D with the null control record, w = --control_cfg_scale;
+  with CFG this guides class and controls each against its own null, with its own scale;
 - a guidance interval I = (lo, hi] for each (Kynkaenniemi et al. 2024): outside it the term is zero and its
   network (the null-label pass, the guide, the classifier) is not evaluated for those samples.
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from .denoiser import Denoiser
+    from .objectives import EDMConditioning
 
 DenoiseFn = Callable[..., torch.Tensor]  # (x, sigma [N] float64, **model_kwargs) -> D
 CondFn = Callable[..., torch.Tensor]  # (x_t, timesteps, **model_kwargs) -> s grad_{x_t} log p(y | x_t, t)
@@ -89,13 +92,19 @@ class Reference:
     relabel: Callable[[dict], dict] | None = None
 
 
+def vp_input_scale(sigma: torch.Tensor) -> torch.Tensor:
+    """c_in of an ADM process: x_t = x / sqrt(sigma^2 + 1)."""
+    return (sigma**2 + 1).rsqrt()
+
+
 @dataclass
 class ClassifierTerm:
-    """Classifier guidance in sigma space: cond_fn at the network's input x_t = c_in x and timestep."""
+    """Classifier guidance in sigma space: cond_fn at the classifier's input c_in(sigma) x and timestep."""
 
     cond_fn: CondFn
     interval: Interval
-    timestep: Callable[[torch.Tensor], torch.Tensor]  # sigma [N] -> the network's timesteps
+    timestep: Callable[[torch.Tensor], torch.Tensor]  # sigma [N] -> the classifier's timesteps
+    input_scale: Callable[[torch.Tensor], torch.Tensor] = vp_input_scale  # sigma [N] -> c_in
 
 
 def per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -186,9 +195,9 @@ class GuidedDenoiser:
         return denoised
 
     def _classifier_shift(self, x: torch.Tensor, sigma: torch.Tensor, **model_kwargs) -> torch.Tensor:
-        """sigma^2 grad_x s log p = sigma^2 c_in cond_fn(c_in x, t(sigma)); with sigma^2 c_in =
-        (1 - alpha_bar) / sqrt(alpha_bar) this is ADM's condition_score exactly."""
-        c_in = broadcast((sigma**2 + 1).rsqrt(), x)
+        """sigma^2 grad_x s log p = sigma^2 c_in cond_fn(c_in x, t(sigma)); for an ADM classifier, with sigma^2 c_in
+        = (1 - alpha_bar) / sqrt(alpha_bar), this is ADM's condition_score exactly."""
+        c_in = broadcast(self.classifier.input_scale(sigma), x)
         gradient = checked_gradient(self.classifier.cond_fn, (c_in * x).float(), self.classifier.timestep(sigma),
                                     model_kwargs)
         return broadcast(sigma**2, x) * c_in * gradient.to(x.dtype)
@@ -255,6 +264,14 @@ def null_labels(null_label: int) -> Callable[[dict], dict]:
     return relabel
 
 
+def null_controls(model_kwargs: dict) -> dict:
+    """model_kwargs with every control record replaced by the null record (control guidance's reference)."""
+    control = model_kwargs.get("control")
+    if control is None:
+        raise ValueError("control guidance needs control records")
+    return {**model_kwargs, "control": torch.full_like(control, -1.0)}
+
+
 def check_guidance(cfg_scale: float, has_null_label: bool, cfg_interval: Interval, has_guide: bool,
                    guide_scale: float, guide_interval: Interval, has_classifier: bool,
                    classifier_interval: Interval) -> None:
@@ -286,6 +303,10 @@ class Guidance:
     guide_interval: Interval = Interval()
     cond_fn: CondFn | None = None  # classifier guidance: s grad log p(y | x_t, t)
     classifier_interval: Interval = Interval()
+    # A classifier trained with --objective edm: its inputs c_in(sigma) x and noise labels (objectives.py).
+    classifier_conditioning: EDMConditioning | None = None
+    # Control guidance (control.py): R = D with the null control record, at every level.
+    control_cfg_scale: float = 1.0
 
     def __post_init__(self):
         check_guidance(self.cfg_scale, self.null_label is not None, self.cfg_interval, self.guide is not None,
@@ -312,17 +333,24 @@ class Guidance:
             out.append(Reference("cfg", self.cfg_scale, self.cfg_interval, relabel=null_labels(self.null_label)))
         if self.guide is not None and self.guide_scale != 1:
             out.append(Reference("autoguidance", self.guide_scale, self.guide_interval, denoise=self.guide))
+        if self.control_cfg_scale != 1:
+            out.append(Reference("control_cfg", self.control_cfg_scale, Interval(), relabel=null_controls))
         return out
 
     @property
     def mixes(self) -> bool:
         """Whether a mixing term (CFG or autoguidance) is on."""
-        return self.cfg_scale != 1 or (self.guide is not None and self.guide_scale != 1)
+        return (self.cfg_scale != 1 or (self.guide is not None and self.guide_scale != 1)
+                or self.control_cfg_scale != 1)
 
     def bind(self, main: Denoiser, clip_denoised: bool = False) -> GuidedDenoiser:
         """The guided denoiser D~ over the main model's (unclipped) denoiser."""
         classifier = None
-        if self.cond_fn is not None:
+        conditioning = self.classifier_conditioning
+        if self.cond_fn is not None and conditioning is not None:
+            classifier = ClassifierTerm(self.cond_fn, self.classifier_interval, conditioning.noise_label,
+                                        conditioning.input_scale)
+        elif self.cond_fn is not None:
             classifier = ClassifierTerm(self.cond_fn, self.classifier_interval, main.timestep)
         return GuidedDenoiser(main, self.references(), classifier, clip_denoised)
 
@@ -334,4 +362,7 @@ class Guidance:
         """The classifier's cond_fn for DDPM/DDIM, zero outside its interval."""
         if self.cond_fn is None:
             return None
+        if self.classifier_conditioning is not None:
+            raise ValueError("a classifier trained with --objective edm guides the sigma-space samplers (--sampler "
+                             "heun, euler, edm_stochastic, dpmpp_2m), not ddpm/ddim")
         return interval_cond_fn(self.cond_fn, self.classifier_interval, main.sigma_of_timestep)

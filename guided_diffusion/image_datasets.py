@@ -82,22 +82,30 @@ def _open_rgb(path: str) -> Image.Image:
     return image.convert("RGB")  # grayscale, RGBA and palette images become RGB
 
 
-def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
+def _box(arr: np.ndarray, top: int, left: int, image_size: int) -> tuple[float, float, float, float]:
+    """The crop box (x0, y0, x1, y1) relative to the (resized) image it was cut from."""
+    height, width = arr.shape[:2]
+    return left / width, top / height, (left + image_size) / width, (top + image_size) / height
+
+
+def center_crop_arr(pil_image: Image.Image, image_size: int, with_box: bool = False):
     """Halve with a box filter while the short side is >= 2x the target, resize it to the target with BICUBIC,
-    and take the central image_size x image_size crop (the original's preprocessing)."""
+    and take the central image_size x image_size crop (the original's preprocessing); with_box: (crop, box)."""
     while min(*pil_image.size) >= 2 * image_size:
         pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
     scale = image_size / min(*pil_image.size)
     pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
     arr = np.array(pil_image)
     top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
-    return arr[top:top + image_size, left:left + image_size]
+    crop = arr[top:top + image_size, left:left + image_size]
+    return (crop, _box(arr, top, left, image_size)) if with_box else crop
 
 
 def random_crop_arr(pil_image: Image.Image, image_size: int, rng: np.random.Generator,
-                    min_crop_frac: float = 0.8, max_crop_frac: float = 1.0) -> np.ndarray:
+                    min_crop_frac: float = 0.8, max_crop_frac: float = 1.0, with_box: bool = False):
     """Resize the short side to a random size in [image_size / max_frac, image_size / min_frac], then crop a
-    random image_size square."""
+    random image_size square (covering min_frac^2 to max_frac^2 of the short side's square); with_box:
+    (crop, box)."""
     smaller = int(rng.integers(math.ceil(image_size / max_crop_frac), math.ceil(image_size / min_crop_frac) + 1))
     while min(*pil_image.size) >= 2 * smaller:
         pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
@@ -106,15 +114,34 @@ def random_crop_arr(pil_image: Image.Image, image_size: int, rng: np.random.Gene
     arr = np.array(pil_image)
     top = int(rng.integers(arr.shape[0] - image_size + 1))
     left = int(rng.integers(arr.shape[1] - image_size + 1))
-    return arr[top:top + image_size, left:left + image_size]
+    crop = arr[top:top + image_size, left:left + image_size]
+    return (crop, _box(arr, top, left, image_size)) if with_box else crop
+
+
+def parse_random_resize(spec: str) -> tuple[float, float] | None:
+    """--random_resize "0.5,1": rescale each source image by a factor drawn uniformly from [lo, hi] ("" = off)."""
+    if not spec:
+        return None
+    try:
+        lo, hi = (float(v) for v in spec.split(","))
+    except ValueError:
+        lo = hi = -1.0
+    if not 0 < lo <= hi:
+        raise ValueError(f"--random_resize {spec!r}: expected lo,hi with 0 < lo <= hi, e.g. 0.5,1")
+    return lo, hi
 
 
 class ImageDataset(Dataset):
-    """One rank's shard of an image list; items are addressed by (epoch, index) for deterministic augmentation."""
+    """One rank's shard of an image list; items are addressed by (epoch, index) for deterministic augmentation.
+
+    random_resize (lo, hi) rescales each source by a random factor first; with_control adds each image's control
+    record [x0, y0, x1, y1, flip, size] (control.py: crop box relative to the rescaled source, flip flag, the
+    rescaled source's short side in pixels) as cond["control"]."""
 
     def __init__(self, resolution: int, image_paths: list[str], classes: list[int] | None = None,
                  shard: int = 0, num_shards: int = 1, random_crop: bool = False, random_flip: bool = True,
-                 seed: int = 0, skip_bad_images: bool = False):
+                 seed: int = 0, skip_bad_images: bool = False, random_resize: tuple[float, float] | None = None,
+                 min_crop_frac: float = 0.8, with_control: bool = False):
         super().__init__()
         self.resolution = resolution
         self.local_images = image_paths[shard::num_shards]
@@ -124,6 +151,9 @@ class ImageDataset(Dataset):
         self.seed = seed
         self.shard = shard
         self.skip_bad_images = skip_bad_images
+        self.random_resize = random_resize
+        self.min_crop_frac = min_crop_frac
+        self.with_control = with_control
 
     def __len__(self) -> int:
         return len(self.local_images)
@@ -148,13 +178,22 @@ class ImageDataset(Dataset):
             raise BadImageError(f"cannot read image {path}: {e}; pass --skip_bad_images True to skip "
                                 "unreadable files") from None
         rng = np.random.default_rng([self.seed, self.shard, epoch, idx])
-        arr = random_crop_arr(image, self.resolution, rng) if self.random_crop else center_crop_arr(image, self.resolution)
-        if self.random_flip and rng.random() < 0.5:
+        if self.random_resize is not None:
+            factor = rng.uniform(*self.random_resize)
+            image = image.resize(tuple(max(1, round(x * factor)) for x in image.size), resample=Image.BICUBIC)
+        if self.random_crop:
+            arr, box = random_crop_arr(image, self.resolution, rng, self.min_crop_frac, with_box=True)
+        else:
+            arr, box = center_crop_arr(image, self.resolution, with_box=True)
+        flip = self.random_flip and rng.random() < 0.5
+        if flip:
             arr = arr[:, ::-1]
         arr = arr.astype(np.float32) / 127.5 - 1
         out = {}
         if self.local_classes is not None:
             out["y"] = np.array(self.local_classes[idx], dtype=np.int64)
+        if self.with_control:
+            out["control"] = np.array([*box, float(flip), float(min(image.size))], dtype=np.float32)
         return np.transpose(arr, [2, 0, 1]), out
 
 
@@ -209,10 +248,12 @@ class ImageBatches:
 def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bool = False,
               deterministic: bool = False, random_crop: bool = False, random_flip: bool = True,
               skip_bad_images: bool = False, num_classes: int | None = None, seed: int = 0,
-              start_batch: int = 0, num_workers: int = 1) -> ImageBatches:
+              start_batch: int = 0, num_workers: int = 1, random_resize: tuple[float, float] | None = None,
+              min_crop_frac: float = 0.8, with_control: bool = False) -> ImageBatches:
     """Endless batches from an image folder, sharded over the ranks of the process group.
 
-    deterministic keeps file order (no shuffling); start_batch resumes the stream after that many batches.
+    deterministic keeps file order (no shuffling); start_batch resumes the stream after that many batches;
+    random_resize, min_crop_frac and with_control as ImageDataset.
     """
     from . import dist_util
 
@@ -221,7 +262,8 @@ def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bo
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     dataset = ImageDataset(image_size, paths, classes=labels, shard=rank, num_shards=world,
                            random_crop=random_crop, random_flip=random_flip, seed=seed,
-                           skip_bad_images=skip_bad_images)
+                           skip_bad_images=skip_bad_images, random_resize=random_resize,
+                           min_crop_frac=min_crop_frac, with_control=with_control)
     if len(dataset) < batch_size:
         raise ValueError(
             f"{data_dir} has {len(paths)} images, {len(dataset)} for each of {world} processes: fewer than "

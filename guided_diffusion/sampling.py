@@ -21,8 +21,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import dist_util, logger, nvlabs
+from . import dist_util, edm_util, logger, nvlabs
 from .checkpoint import load_weights
+from .control import parse_control
 from .checkpoint_flags import (
     apply_checkpoint_args,
     configure_logging,
@@ -33,6 +34,7 @@ from .checkpoint_flags import (
 from .denoiser import Denoiser, PrecondDenoiser, classifier_timestep
 from .fileio import NpzArray
 from .guidance import Guidance, Interval, check_guidance, classifier_cond_fn
+from .objectives import EDMConditioning
 from .rng import SampleRNG
 from .sample_writer import Trajectory, to_uint8
 from .sampler_dispatch import SamplerOptions, run_sampler, run_sigma_sampler, step_count, visited_levels
@@ -64,6 +66,10 @@ def sampling_defaults() -> dict:
         guide_flags="",
         guide_scale=1.0,
         guide_interval="",
+        # Control conditioning (a model trained with --control_cond): the record asked for ("" = the whole image,
+        # not flipped, source size = output size; e.g. "crop=0,0,1,1 flip=0 size=16") and its guidance scale.
+        control="",
+        control_cfg_scale=1.0,
     )
 
 
@@ -100,6 +106,8 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
         vars(args).update({k: v for k, v in implied.items() if k not in explicit})
     else:
         apply_checkpoint_args(args, args.model_path, architecture, explicit, "model_path")
+        if edm_util.uses_sigma_space(args) and "clip_denoised" not in explicit:
+            args.clip_denoised = False  # trained in sigma space: D unclipped, as EDM samples
     guide = guide_args(args, architecture, size_flag)
     for check in checks:
         check()
@@ -174,11 +182,16 @@ def build(create: Callable, flags, architecture: dict, path: str, flag: str, use
     """(network, diffusion) from the factory `create` and its flags, with the checkpoint's weights loaded; for an
     NVlabs pickle (PrecondDenoiser of its network, None): a denoiser at continuous sigma, whose classifier
     timesteps come from the ADM process of the flags (--noise_schedule, --diffusion_steps: the classifier's)."""
-    if is_nvlabs_pickle(path):
-        net = _nvlabs_network(path).to(dist_util.dev())
+    adm_keys = [k for k in architecture if k not in edm_util.EDM_FLAGS]
+    if is_nvlabs_pickle(path) or edm_util.uses_sigma_space(flags):
+        if is_nvlabs_pickle(path):
+            net = _nvlabs_network(path).to(dist_util.dev())
+        else:  # trained here with --objective edm or --arch edm2
+            net = edm_util.create_sigma_space_network(flags, lambda: create(**args_to_dict(flags, adm_keys))[0])
+            load_network(net, path, flag, use_fp16)
         adm = create_gaussian_diffusion(steps=flags.diffusion_steps, noise_schedule=flags.noise_schedule)
         return PrecondDenoiser(net, timestep=classifier_timestep(adm)), None
-    model, diffusion = create(**args_to_dict(flags, architecture.keys()))
+    model, diffusion = create(**args_to_dict(flags, adm_keys))
     load_network(model, path, flag, use_fp16)
     return model, diffusion
 
@@ -192,6 +205,14 @@ def guidance_settings(args) -> dict:
                     guide_scale=args.guide_scale, guide_interval=Interval.parse(args.guide_interval, "guide_interval"),
                     classifier_interval=Interval.parse(getattr(args, "classifier_interval", ""),
                                                        "classifier_interval"))
+    if getattr(args, "control_cond", ""):
+        parse_control(args.control, args.image_size)  # bad values fail now
+        if args.control_cfg_scale != 1 and not args.control_dropout_prob:
+            raise ValueError(f"--control_cfg_scale {args.control_cfg_scale} needs a model trained with "
+                             "--control_dropout_prob > 0 (it never saw the null record)")
+    elif args.control or args.control_cfg_scale != 1:
+        raise ValueError("--control and --control_cfg_scale need a model trained with --control_cond")
+    settings["control_cfg_scale"] = args.control_cfg_scale
     check_guidance(settings["cfg_scale"], settings["null_label"] is not None, settings["cfg_interval"],
                    bool(args.guide_model_path), args.guide_scale, settings["guide_interval"],
                    bool(getattr(args, "classifier_path", "")), settings["classifier_interval"])
@@ -199,9 +220,11 @@ def guidance_settings(args) -> dict:
 
 
 def guidance_from_args(args, guide: argparse.Namespace | None, create: Callable, architecture: dict,
-                       classifier: torch.nn.Module | None = None) -> Guidance:
+                       classifier: torch.nn.Module | None = None,
+                       classifier_conditioning: EDMConditioning | None = None) -> Guidance:
     """Guidance from the flags: CFG (--cfg_scale, --cfg_interval), autoguidance by the guide model
-    (--guide_scale, --guide_interval) and classifier guidance (--classifier_scale, --classifier_interval)."""
+    (--guide_scale, --guide_interval) and classifier guidance (--classifier_scale, --classifier_interval; a
+    classifier trained with --objective edm takes classifier_conditioning's inputs)."""
     guide_denoiser = None
     if guide is not None and args.guide_scale == 1:
         logger.warn(f"--guide_model_path {args.guide_model_path} with --guide_scale 1 is the model alone: the guide "
@@ -215,7 +238,8 @@ def guidance_from_args(args, guide: argparse.Namespace | None, create: Callable,
     cond_fn = None
     if classifier is not None:
         cond_fn = classifier_cond_fn(classifier, args.classifier_scale, args.use_bf16)
-    return Guidance(guide=guide_denoiser, cond_fn=cond_fn, **guidance_settings(args))
+    return Guidance(guide=guide_denoiser, cond_fn=cond_fn, classifier_conditioning=classifier_conditioning,
+                    **guidance_settings(args))
 
 
 def load_network(model: torch.nn.Module, path: str, flag: str, use_fp16: bool = False) -> torch.nn.Module:
@@ -308,12 +332,18 @@ def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> 
     guidance.check_intervals(visited_levels(diffusion or model_fn, options))
     steps = step_count(diffusion or model_fn, options)
 
+    control = None
+    if getattr(args, "control_cond", ""):
+        control = torch.tensor(parse_control(args.control, args.image_size), device=dist_util.dev())
+
     def make_batch(indices):
         labels = None
         kwargs = {}
         if labelled:
             labels = labels_for(indices, args.seed, args.num_classes, classes)
             kwargs["y"] = labels.to(dist_util.dev())
+        if control is not None:
+            kwargs["control"] = control.expand(len(indices), -1)
         shape = (len(indices), 3, args.image_size, args.image_size)
         return _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance, steps), labels
 
@@ -365,10 +395,10 @@ def super_res_batch_fn(model, diffusion, args, base: BaseSamples, guidance: Guid
     """make_batch(indices) for an upsampler: low-res input (and labels) from base sample i % count, noise from
     seed + i, optional autoguidance by a weaker upsampler."""
     guidance = guidance or Guidance()
-    model_fn = model_fn_for(model, args.class_cond, args.use_bf16)
+    model_fn = model if diffusion is None else model_fn_for(model, args.class_cond, args.use_bf16)
     options = sampler_options(args)
-    guidance.check_intervals(visited_levels(diffusion, options))
-    steps = step_count(diffusion, options)
+    guidance.check_intervals(visited_levels(diffusion or model_fn, options))
+    steps = step_count(diffusion or model_fn, options)
 
     def make_batch(indices):
         kwargs = {k: v.to(dist_util.dev()) for k, v in base.batch(indices).items()}

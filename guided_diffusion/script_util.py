@@ -72,6 +72,12 @@ def model_and_diffusion_defaults() -> dict:
         resblock_updown=False,
         use_fp16=False,
         use_new_attention_order=False,
+        # Separate semantic and control conditioning (control.py; off by default).
+        class_attention=False,
+        control_cond="",
+        control_gates="",
+        control_gating=True,
+        control_dropout_prob=0.0,
     )
     res.update(diffusion_defaults())
     return res
@@ -127,12 +133,16 @@ def create_model_and_diffusion(
     num_heads_upsample, attention_resolutions, dropout, diffusion_steps, noise_schedule, timestep_respacing,
     use_kl, predict_xstart, rescale_timesteps, rescale_learned_sigmas, use_checkpoint, use_scale_shift_norm,
     resblock_updown, use_fp16, use_new_attention_order, num_classes=NUM_CLASSES, class_dropout_prob=0.0,
+    class_attention=False, control_cond="", control_gates="", control_gating=True, control_dropout_prob=0.0,
 ):
     """A UNetModel and its (possibly respaced) GaussianDiffusion from the flags of model_and_diffusion_defaults.
 
     class_dropout_prob > 0 (training with label dropout, for classifier-free guidance) gives the label embedding
-    one more row, the null label num_classes (see null_label)."""
+    one more row, the null label num_classes (see null_label); control_dropout_prob > 0 (the null control record,
+    for control guidance) needs control_cond."""
     _check_class_dropout(class_cond, class_dropout_prob)
+    if control_dropout_prob > 0 and not control_cond:
+        raise ValueError(f"--control_dropout_prob {control_dropout_prob} needs --control_cond")
     if class_dropout_prob > 0:
         num_classes += 1
     model = create_model(
@@ -141,6 +151,8 @@ def create_model_and_diffusion(
         num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
         use_scale_shift_norm=use_scale_shift_norm, dropout=dropout, resblock_updown=resblock_updown,
         use_fp16=use_fp16, use_new_attention_order=use_new_attention_order, num_classes=num_classes,
+        class_attention=class_attention, control_cond=control_cond, control_gates=control_gates,
+        control_gating=control_gating,
     )
     diffusion = create_gaussian_diffusion(
         steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
@@ -154,9 +166,12 @@ def create_model(
     image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
     use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1, num_heads_upsample=-1,
     use_scale_shift_norm=False, dropout=0, resblock_updown=False, use_fp16=False, use_new_attention_order=False,
-    num_classes=NUM_CLASSES,
+    num_classes=NUM_CLASSES, class_attention=False, control_cond="", control_gates="", control_gating=True,
 ) -> UNetModel:
-    """The ADM U-Net for RGB images (6 output channels when learn_sigma)."""
+    """The ADM U-Net for RGB images (6 output channels when learn_sigma), optionally with class attention and
+    control conditioning (control.py)."""
+    from .control import parse_gates, parse_groups
+
     _check_num_classes(class_cond, num_classes)
     return UNetModel(
         image_size=image_size,
@@ -176,6 +191,10 @@ def create_model(
         use_scale_shift_norm=use_scale_shift_norm,
         resblock_updown=resblock_updown,
         use_new_attention_order=use_new_attention_order,
+        class_attention=class_attention,
+        control_cond=parse_groups(control_cond),
+        control_gates=parse_gates(control_gates),
+        control_gating=control_gating,
     )
 
 
@@ -361,6 +380,12 @@ _FLOAT_RANGES = {
     "lr": (0.0, False, math.inf, False),
     "weight_decay": (0.0, True, math.inf, False),
     "fp16_scale_growth": (0.0, True, math.inf, False),
+    "lr_ref_images": (0.0, True, math.inf, False),
+    "lr_rampup_images": (0.0, True, math.inf, False),
+    "sigma_data": (0.0, False, math.inf, False),
+    "p_std": (0.0, False, math.inf, False),
+    "min_crop_frac": (0.0, False, 1.0, True),
+    "control_dropout_prob": (0.0, True, 1.0, False),
 }
 
 
@@ -387,7 +412,7 @@ def float_flag(name: str):
 
 def _ema_rate_flag(text: str) -> str:
     """--ema_rate: comma-separated rates in [0, 1), kept as the string the original passes on."""
-    from .train_util import parse_ema_rates
+    from .train_state import parse_ema_rates
 
     try:
         parse_ema_rates(text)

@@ -1,7 +1,8 @@
-"""Training loops for diffusion models (TrainLoop) and noisy classifiers (ClassifierTrainLoop).
+"""Training loops for diffusion models (TrainLoop; classifier_training.py holds the classifiers' loop).
 
 Both share the mechanics: data-parallel gradients (DDP, gradient accumulation over microbatches with no_sync),
-mixed precision, AdamW with optional linear lr annealing, checkpoints every save_interval steps written
+mixed precision, AdamW with optional linear lr annealing and EDM2's schedule, classic and power-function EMAs
+(phema.py), checkpoints every save_interval steps written
 atomically as model{step:06d}.pt / ema_{rate}_{step:06d}.pt / opt{step:06d}.pt (a file name always equals the
 number of optimizer steps done), and resuming from a path or from the newest complete set ("auto"), with the
 loss scale, every rank's RNG state and the data position restored so that a resumed run continues exactly.
@@ -11,132 +12,47 @@ from __future__ import annotations
 
 import inspect
 import io
-import json
 import os
-import random
-import re
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from . import dist_util, logger
 from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict
-from .fileio import atomic_write
+from .control import drop_controls
+from .edm2 import has_mp_weights, project_weights
 from .fp16_util import MixedPrecisionTrainer
 from .nn import update_ema
+from .objectives import EDMLoss, edm2_learning_rate
 from .phema import PowerFunctionEMA
 from .resample import LossAwareSampler, UniformSampler
+from .train_state import (  # noqa: F401  (the original's names, importable from here)
+    capture_rng_state,
+    find_resume_checkpoint,
+    parse_ema_rates,
+    parse_phema_stds,
+    parse_resume_step_from_filename,
+    restore_rng_state,
+)
 
 # Buffers are not re-broadcast before each forward pass (as the original); newer torch names the option anew.
 _NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
                            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
                            else {"broadcast_buffers": False})
 
-_STEP_RE = re.compile(r"(?:model|opt|ema_[0-9.]+_)(\d+)\.pt$")
-
-
-def parse_resume_step_from_filename(filename: str) -> int:
-    """The step in model{N}.pt, ema_{rate}_{N}.pt or opt{N}.pt (0 for other names)."""
-    match = _STEP_RE.search(os.path.basename(filename))
-    return int(match.group(1)) if match else 0
-
-
-def parse_phema_stds(text: str) -> list[float]:
-    """--phema_stds "0.05,0.10": relative widths (sigma_rel) of power-function EMAs, each in (0, 0.28]."""
-    if not text:
-        return []
-    try:
-        stds = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--phema_stds {text!r}: expected comma-separated widths like 0.05,0.10") from None
-    if not stds or any(not 0 < s <= 0.28 for s in stds):
-        raise ValueError(f"--phema_stds {text!r}: each width must lie in (0, 0.28]")
-    if len({f"{s:.3f}" for s in stds}) != len(stds):
-        raise ValueError(f"--phema_stds {text!r}: widths must differ in their first three decimals (file names)")
-    return stds
-
-
-def parse_ema_rates(ema_rate) -> list[float]:
-    """EMA rates from "0.9999,0.999" (or a float, or a list)."""
-    if isinstance(ema_rate, (int, float)):
-        rates = [float(ema_rate)]
-    elif isinstance(ema_rate, str):
-        try:
-            rates = [float(x) for x in ema_rate.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--ema_rate {ema_rate!r}: expected comma-separated rates like 0.9999,0.999") from None
-    else:
-        rates = [float(x) for x in ema_rate]
-    if not all(0 <= r < 1 for r in rates):  # also refuses nan
-        raise ValueError(f"--ema_rate {ema_rate!r}: each rate must lie in [0, 1)")
-    return rates
-
-
-def _complete_steps(folder: str, ema_rates: list[float]) -> list[int]:
-    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-    steps = {parse_resume_step_from_filename(n) for n in names if n.startswith("model") and n.endswith(".pt")}
-    return sorted(
-        s for s in steps
-        if f"opt{s:06d}.pt" in names and all(f"ema_{r}_{s:06d}.pt" in names for r in ema_rates)
-    )
-
-
-def find_resume_checkpoint(spec: str, log_dir: str, ema_rates: list[float] = ()) -> str:
-    """The checkpoint to resume from: "" (none), a path, or "auto" = the newest complete set in log_dir."""
-    if not spec:
-        return ""
-    if spec == "auto":
-        steps = _complete_steps(log_dir, list(ema_rates))
-        return os.path.join(log_dir, f"model{steps[-1]:06d}.pt") if steps else ""
-    if "://" not in spec and not os.path.exists(spec):
-        raise FileNotFoundError(f"--resume_checkpoint not found: {spec}")
-    return spec
-
-
-def capture_rng_state() -> dict:
-    """This process's torch, CUDA, numpy and Python RNG states, as plain data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    """Undo capture_rng_state."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def write_args_json(args: dict, folder: str) -> None:
-    """Save the full set of flags as folder/args.json (rank 0), for sampling scripts to read back."""
-    if dist_util.get_rank() == 0:
-        data = json.dumps(args, indent=1, sort_keys=True).encode()
-        atomic_write(os.path.join(folder, "args.json"), lambda f: f.write(data))
-
-
 def log_loss_dict(diffusion, ts: torch.Tensor, losses: dict) -> None:
     """Log each loss's mean and its mean per timestep quartile (key_q0 .. key_q3)."""
+    log_losses_by_quartile((4 * ts // diffusion.num_timesteps).clamp(0, 3), losses)
+
+
+def log_losses_by_quartile(quartiles: torch.Tensor, losses: dict) -> None:
+    """Log each loss's mean and its mean per quartile of the noise levels (key_q0 = least noise .. key_q3)."""
     for key, values in losses.items():
         logger.logkv_mean(key, values.mean().item())
-        for sub_t, sub_loss in zip(ts.cpu().numpy(), values.detach().cpu().numpy()):
-            logger.logkv_mean(f"{key}_q{int(4 * sub_t / diffusion.num_timesteps)}", sub_loss)
+        for quartile, value in zip(quartiles.tolist(), values.detach().cpu().tolist()):
+            logger.logkv_mean(f"{key}_q{quartile}", value)
 
 
 class _Loop:
@@ -144,7 +60,8 @@ class _Loop:
 
     def __init__(self, *, model, data, batch_size, microbatch, lr, ema_rate, log_interval, save_interval,
                  resume_checkpoint, use_fp16=False, use_bf16=False, fp16_scale_growth=1e-3, weight_decay=0.0,
-                 lr_anneal_steps=0, max_steps=0, initial_lg_loss_scale=20.0, phema_stds=""):
+                 lr_anneal_steps=0, max_steps=0, initial_lg_loss_scale=20.0, phema_stds="", phema_interval=0,
+                 adam_betas=(0.9, 0.999), lr_ref_images=0, lr_rampup_images=0):
         self.model = model
         self.data = data
         self.batch_size = batch_size
@@ -152,6 +69,8 @@ class _Loop:
         if batch_size % self.microbatch:
             raise ValueError(f"--batch_size {batch_size} is not divisible by --microbatch {microbatch}")
         self.lr = lr
+        self.lr_ref_images = lr_ref_images
+        self.lr_rampup_images = lr_rampup_images
         self.ema_rate = parse_ema_rates(ema_rate)
         self.log_interval = log_interval
         self.save_interval = save_interval
@@ -172,7 +91,8 @@ class _Loop:
                                                 initial_lg_loss_scale=initial_lg_loss_scale)
         if "model" in resume_state:  # float32 masters from the file, not from fp16-rounded weights
             self.mp_trainer.load_master_params(self.mp_trainer.state_dict_to_master_params(resume_state["model"]))
-        self.opt = torch.optim.AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        self.opt = torch.optim.AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay,
+                                     betas=tuple(adam_betas))
         self.ema_params = []
         for rate in self.ema_rate:
             source = resume_state.get("ema", {}).get(rate)
@@ -181,6 +101,9 @@ class _Loop:
             self.ema_params.append([p.detach().clone().float() for p in params])
         stds = parse_phema_stds(phema_stds)
         self.phema = PowerFunctionEMA(self.mp_trainer.master_params, stds) if stds else None
+        if phema_interval < 0 or (phema_interval and not stds):
+            raise ValueError(f"--phema_interval {phema_interval}: a positive image count, with --phema_stds")
+        self.phema_interval = phema_interval
         self.nimg = self.step * self.global_batch  # training images seen (restored from the optimizer file)
         self._pending_rng = None
         if "opt" in resume_state:
@@ -267,11 +190,14 @@ class _Loop:
         bar = tqdm(total=self.max_steps or None, initial=self.step, desc="training", unit="step", mininterval=1.0,
                    disable=dist_util.get_rank() != 0)
         while not self._done():
-            self._anneal_lr()
+            self._set_lr()
             self.run_step()
             self._count_images()
             self.step += 1
             bar.update(1)
+            if self.phema_interval and self.nimg // self.phema_interval > (self.nimg - self.global_batch) // \
+                    self.phema_interval and dist_util.get_rank() == 0:
+                self._save_snapshots()
             if self.step % self.log_interval == 0:
                 now = time.perf_counter()
                 logger.logkv("step", self.step)
@@ -296,13 +222,16 @@ class _Loop:
         if self.phema is not None:
             self.phema.update(self.mp_trainer.master_params, self.nimg, self.global_batch)
 
-    def _anneal_lr(self) -> None:
-        if not self.lr_anneal_steps:
-            return
-        lr = self.lr * (1 - self.step / self.lr_anneal_steps)
+    def _set_lr(self) -> None:
+        """The step's learning rate: EDM2's schedule in images (a no-op unless --lr_ref_images or
+        --lr_rampup_images), times the linear annealing to zero at --lr_anneal_steps."""
+        lr = edm2_learning_rate(self.nimg, self.lr, self.lr_ref_images, self.lr_rampup_images)
+        if self.lr_anneal_steps:
+            lr *= 1 - self.step / self.lr_anneal_steps
+        if self.lr_anneal_steps or self.lr_ref_images or self.lr_rampup_images:
+            logger.logkv("lr", lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        logger.logkv("lr", lr)
 
     def _microbatches(self, *tensors):
         """Consecutive slices of the batch, each with a flag telling whether it is the last one."""
@@ -311,6 +240,9 @@ class _Loop:
             yield i + self.microbatch >= n, [t[i:i + self.microbatch] for t in tensors]
 
     # ----- checkpoints --------------------------------------------------------------------------------------
+
+    def _save_snapshots(self) -> None:
+        self.phema.save_snapshots(self.log_dir, self.step, self.nimg, self.mp_trainer.master_params_to_state_dict)
 
     def _ema_items(self):
         return zip(self.ema_rate, self.ema_params)
@@ -341,9 +273,8 @@ class _Loop:
                                 os.path.join(self.log_dir, f"ema_{rate}_{self.step:06d}.pt"))
             save_state_dict(self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params),
                             os.path.join(self.log_dir, f"model{self.step:06d}.pt"))
-            if self.phema is not None:
-                self.phema.save_snapshots(self.log_dir, self.step, self.nimg,
-                                          self.mp_trainer.master_params_to_state_dict)
+            if self.phema is not None and not self.phema_interval:
+                self._save_snapshots()
             atomic_torch_save(
                 {"optimizer": self.opt.state_dict(), "step": self.step,
                  "lg_loss_scale": self.mp_trainer.lg_loss_scale if self.mp_trainer.use_fp16 else None,
@@ -356,33 +287,56 @@ class _Loop:
 
 
 class TrainLoop(_Loop):
-    """Trains a diffusion model with diffusion.training_losses, timesteps from a schedule sampler.
+    """Trains a diffusion model: with diffusion.training_losses at timesteps from a schedule sampler (ADM), or
+    with `objective` (objectives.EDMLoss: EDM's or EDM2's loss at continuous noise levels; diffusion is then None).
 
     label_dropout > 0 replaces each label by null_label with that probability (Ho & Salimans 2021), so that one
-    network learns the conditional and the unconditional model for classifier-free guidance."""
+    network learns the conditional and the unconditional model for classifier-free guidance; control_dropout
+    likewise replaces control records by the null record, independently. EDM2 networks get
+    their weights projected back onto the unit sphere after every step (forced weight normalization)."""
 
     def __init__(self, *, model, diffusion, data, batch_size, microbatch, lr, ema_rate, log_interval,
                  save_interval, resume_checkpoint, use_fp16=False, fp16_scale_growth=1e-3, schedule_sampler=None,
                  weight_decay=0.0, lr_anneal_steps=0, use_bf16=False, max_steps=0, label_dropout=0.0,
-                 null_label=None, phema_stds=""):
+                 null_label=None, phema_stds="", phema_interval=0, objective: EDMLoss | None = None,
+                 adam_betas=(0.9, 0.999), lr_ref_images=0, lr_rampup_images=0, control_dropout=0.0):
         if label_dropout > 0 and null_label is None:
             raise ValueError("label dropout needs the model's null label")
+        self.control_dropout = control_dropout
         self.diffusion = diffusion
-        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        self.objective = objective
+        self.schedule_sampler = None if objective is not None else schedule_sampler or UniformSampler(diffusion)
         self.label_dropout = label_dropout
         self.null_label = null_label
+        self.force_weight_norm = has_mp_weights(model)
         super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr,
                          ema_rate=ema_rate, log_interval=log_interval, save_interval=save_interval,
                          resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, use_bf16=use_bf16,
                          fp16_scale_growth=fp16_scale_growth, weight_decay=weight_decay,
-                         lr_anneal_steps=lr_anneal_steps, max_steps=max_steps, phema_stds=phema_stds)
+                         lr_anneal_steps=lr_anneal_steps, max_steps=max_steps, phema_stds=phema_stds,
+                         phema_interval=phema_interval, adam_betas=adam_betas, lr_ref_images=lr_ref_images,
+                         lr_rampup_images=lr_rampup_images)
 
     def run_step(self) -> None:
         batch, cond = next(self.data)
         self.forward_backward(batch, cond)
         if self.mp_trainer.optimize(self.opt):
+            if self.force_weight_norm:
+                project_weights(self.model)
             for rate, params in self._ema_items():
                 update_ema(params, self.mp_trainer.master_params, rate=rate)
+
+    def _losses(self, micro: torch.Tensor, micro_cond: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """(per-sample losses, their weights, each sample's noise-level quartile) of one microbatch."""
+        with self.mp_trainer.autocast():
+            if self.objective is not None:
+                losses, sigma = self.objective(self.ddp_model, micro, **micro_cond)
+                return losses, torch.ones_like(sigma), self.objective.noise.quartile(sigma)
+            t, weights = self.schedule_sampler.sample(micro.shape[0], micro.device)
+            losses = self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
+        if isinstance(self.schedule_sampler, LossAwareSampler):
+            self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+        return losses, weights, (4 * t // self.diffusion.num_timesteps).clamp(0, 3)
 
     def forward_backward(self, batch: torch.Tensor, cond: dict) -> None:
         """Accumulate the gradient of the batch's mean loss, one microbatch at a time."""
@@ -393,108 +347,55 @@ class TrainLoop(_Loop):
         if self.label_dropout > 0 and "y" in cond:
             dropped = torch.rand(len(cond["y"]), device=device) < self.label_dropout
             cond["y"] = cond["y"].masked_fill(dropped, self.null_label)
+        if self.control_dropout > 0 and "control" in cond:
+            cond["control"] = drop_controls(cond["control"], self.control_dropout)
         keys = sorted(cond)
         for last, (micro, *micro_cond) in self._microbatches(batch, *(cond[k] for k in keys)):
             micro_cond = dict(zip(keys, micro_cond))
-            t, weights = self.schedule_sampler.sample(micro.shape[0], device)
-
-            def compute_losses():
-                with self.mp_trainer.autocast():
-                    return self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
-
             if last or not self.use_ddp:
-                losses = compute_losses()
+                losses, weights, quartiles = self._losses(micro, micro_cond)
             else:
                 with self.ddp_model.no_sync():
-                    losses = compute_losses()
-            if isinstance(self.schedule_sampler, LossAwareSampler):
-                self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+                    losses, weights, quartiles = self._losses(micro, micro_cond)
             # Weight by the microbatch's share, so the gradient equals the whole batch's.
             loss = (losses["loss"].float() * weights).mean() * (micro.shape[0] / batch.shape[0])
-            log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()})
+            log_losses_by_quartile(quartiles, {k: v * weights for k, v in losses.items()})
             self.mp_trainer.backward(loss)
 
 
-def compute_top_k(logits: torch.Tensor, labels: torch.Tensor, k: int, reduction: str = "mean") -> torch.Tensor:
-    """Top-k accuracy per sample (reduction "none") or averaged."""
-    top = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).indices
-    correct = (top == labels[:, None]).any(dim=-1).float()
-    return correct if reduction == "none" else correct.mean()
-
-
-class ClassifierTrainLoop(_Loop):
-    """Trains a noisy-image classifier: cross-entropy on images noised to timesteps from the schedule sampler
-    (or clean images with noised=False), with top-1/top-5 accuracy and validation, by timestep quartile."""
-
-    def __init__(self, *, model, diffusion, data, val_data=None, batch_size, microbatch, lr, log_interval,
-                 save_interval, eval_interval=5, resume_checkpoint="", noised=True, schedule_sampler=None,
-                 weight_decay=0.0, anneal_lr=False, iterations=0, use_fp16=False, use_bf16=False):
-        self.diffusion = diffusion
-        self.val_data = val_data
-        self.noised = noised
-        self.eval_interval = eval_interval
-        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
-        super().__init__(model=model, data=data, batch_size=batch_size, microbatch=microbatch, lr=lr, ema_rate=[],
-                         log_interval=log_interval, save_interval=save_interval,
-                         resume_checkpoint=resume_checkpoint, use_fp16=use_fp16, use_bf16=use_bf16,
-                         weight_decay=weight_decay, lr_anneal_steps=iterations if anneal_lr else 0,
-                         max_steps=iterations, initial_lg_loss_scale=16.0)
-
-    def run_step(self) -> None:
-        self.mp_trainer.zero_grad()
-        self.forward_backward_log(self.data, prefix="train")
-        self.mp_trainer.optimize(self.opt)
-        if self.val_data is not None and self.step % self.eval_interval == 0:
-            self.ddp_model.eval()
-            with torch.no_grad():
-                self.forward_backward_log(self.val_data, prefix="val")
-            self.ddp_model.train()
-
-    def forward_backward_log(self, data, prefix: str) -> None:
-        """Loss and accuracy of the next batch of `data`; gradients only when grad mode is on."""
-        batch, extra = next(data)
-        device = dist_util.dev()
-        labels = extra["y"].to(device)
-        batch = batch.to(device)
-        if self.noised:
-            t, _ = self.schedule_sampler.sample(batch.shape[0], device)
-            batch = self.diffusion.q_sample(batch, t)
-        else:
-            t = torch.zeros(batch.shape[0], dtype=torch.long, device=device)
-        for last, (sub_batch, sub_labels, sub_t) in self._microbatches(batch, labels, t):
-            def compute_logits():
-                with self.mp_trainer.autocast():
-                    return self.ddp_model(sub_batch, timesteps=sub_t).float()
-
-            if last or not self.use_ddp or not torch.is_grad_enabled():
-                logits = compute_logits()
-            else:
-                with self.ddp_model.no_sync():
-                    logits = compute_logits()
-            loss = F.cross_entropy(logits, sub_labels, reduction="none")
-            log_loss_dict(self.diffusion, sub_t, {
-                f"{prefix}_loss": loss.detach(),
-                f"{prefix}_acc@1": compute_top_k(logits, sub_labels, k=1, reduction="none"),
-                f"{prefix}_acc@5": compute_top_k(logits, sub_labels, k=5, reduction="none"),
-            })
-            if torch.is_grad_enabled():
-                self.mp_trainer.backward(loss.mean() * (len(sub_batch) / len(batch)))
+def adam_betas(spec: str, arch: str = "adm") -> tuple[float, float]:
+    """--adam_betas "0.9,0.99"; "" = Adam's (0.9, 0.999), EDM2's (0.9, 0.99) for --arch edm2."""
+    if not spec:
+        return (0.9, 0.99) if arch == "edm2" else (0.9, 0.999)
+    try:
+        betas = tuple(float(v) for v in spec.split(","))
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"--adam_betas {spec!r}: expected two numbers in [0, 1) like 0.9,0.99")
+    return betas
 
 
 def train_diffusion_from_args(args, model, diffusion, make_data, label_dropout: float = 0.0,
-                              null_label: int | None = None) -> None:
+                              null_label: int | None = None, control_dropout: float = 0.0) -> None:
     """What image_train.py and super_res_train.py share: resolve --resume_checkpoint, open the data stream at
-    the resumed position (make_data(start_batch)), and run a TrainLoop with the script's flags."""
+    the resumed position (make_data(start_batch)), and run a TrainLoop with the script's flags (diffusion None:
+    the network is a denoiser trained with the EDM/EDM2 objective of the flags)."""
+    from .edm_util import objective_from_flags
     from .resample import create_named_schedule_sampler
 
     resume = find_resume_checkpoint(args.resume_checkpoint, logger.get_dir(), parse_ema_rates(args.ema_rate))
     data = make_data(parse_resume_step_from_filename(resume) if resume else 0)
     logger.log("training...")
+    sigma_space = diffusion is None
     TrainLoop(
         model=model, diffusion=diffusion, data=data, batch_size=args.batch_size, microbatch=args.microbatch,
         lr=args.lr, ema_rate=args.ema_rate, log_interval=args.log_interval, save_interval=args.save_interval,
         resume_checkpoint=resume, use_fp16=args.use_fp16, fp16_scale_growth=args.fp16_scale_growth,
-        schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
+        schedule_sampler=None if sigma_space else create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, use_bf16=args.use_bf16,
         max_steps=args.max_steps, label_dropout=label_dropout, null_label=null_label, phema_stds=args.phema_stds,
+        phema_interval=args.phema_interval, objective=objective_from_flags(args) if sigma_space else None,
+        adam_betas=adam_betas(args.adam_betas, getattr(args, "arch", "adm")), lr_ref_images=args.lr_ref_images,
+        lr_rampup_images=args.lr_rampup_images, control_dropout=control_dropout,
     ).run_loop()

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import AttentionBlock, AttentionPool2d, QKVAttention, QKVAttentionLegacy  # noqa: F401 (classic names)
+from .control import ControlEmbedding
 from .blocks import Downsample, ResBlock, TimestepBlock, TimestepEmbedSequential, Upsample  # noqa: F401 (classic names)
 from .fp16_util import convert_module_to_f16, convert_module_to_f32
 from .nn import conv_nd, linear, normalization, timestep_embedding, zero_module
@@ -32,6 +33,7 @@ class _BlockOptions:
     use_scale_shift_norm: bool
     num_head_channels: int
     use_new_attention_order: bool
+    context_channels: int | None = None  # the class embedding's width under --class_attention
 
     def res(self, channels: int, out_channels: int, **updown) -> ResBlock:
         return ResBlock(
@@ -52,6 +54,7 @@ class _BlockOptions:
             num_head_channels=self.num_head_channels,
             use_checkpoint=self.use_checkpoint,
             use_new_attention_order=self.use_new_attention_order,
+            context_channels=self.context_channels,
         )
 
 
@@ -105,6 +108,9 @@ class UNetModel(nn.Module):
 
     attention_resolutions holds downsample rates (1, 2, 4, ...) at which attention is used; num_classes enables
     a learned label embedding added to the timestep embedding; use_fp16 runs the torso in float16.
+    class_attention feeds the label embedding to every attention layer as one more key/value token instead
+    (the middle block always has one); control_cond adds control.ControlEmbedding's gated embedding of the
+    control record (control_gating False: ungated) to the timestep embedding. Both off: the original network.
     """
 
     def __init__(
@@ -128,9 +134,15 @@ class UNetModel(nn.Module):
         use_scale_shift_norm: bool = False,
         resblock_updown: bool = False,
         use_new_attention_order: bool = False,
+        class_attention: bool = False,
+        control_cond: Sequence[str] = (),
+        control_gates: dict | None = None,
+        control_gating: bool = True,
     ):
         super().__init__()
         _check_structure(channel_mult, num_res_blocks, attention_resolutions)
+        if class_attention and num_classes is None:
+            raise ValueError("--class_attention True needs a class-conditional model (--class_cond True)")
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
         self.image_size = image_size
@@ -155,9 +167,13 @@ class UNetModel(nn.Module):
         )
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+        self.class_attention = class_attention
+        self.control_embed = (ControlEmbedding(tuple(control_cond), time_embed_dim, control_gates, control_gating)
+                              if control_cond else None)
 
         opts = _BlockOptions(time_embed_dim, dropout, dims, use_checkpoint, use_scale_shift_norm,
-                             num_head_channels, use_new_attention_order)
+                             num_head_channels, use_new_attention_order,
+                             context_channels=time_embed_dim if class_attention else None)
         enc = _Encoder(opts, in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions,
                        conv_resample, num_heads, resblock_updown)
         self.input_blocks = enc.input_blocks
@@ -209,26 +225,36 @@ class UNetModel(nn.Module):
             part.apply(convert_module_to_f32)
         self.dtype = torch.float32
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Apply the model to a batch x [N, C, ...] at timesteps [N], with labels y [N] if class-conditional."""
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None,
+                control: torch.Tensor | None = None, control_sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the model to a batch x [N, C, ...] at timesteps [N], with labels y [N] if class-conditional and
+        control records [N, 6] at noise levels control_sigma [N] if it takes controls."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError(
                 "labels y must be given if and only if the model is class-conditional "
                 f"(num_classes={self.num_classes}, y given: {y is not None})"
             )
         emb = self.time_embed(self._time_features(timesteps))
+        context = None
         if self.num_classes is not None:
             if y.shape != (x.shape[0],):
                 raise ValueError(f"labels y must have shape [{x.shape[0]}], got {list(y.shape)}")
-            emb = emb + self.label_emb(y)
+            if self.class_attention:
+                context = self.label_emb(y)
+            else:
+                emb = emb + self.label_emb(y)
+        if self.control_embed is not None:
+            if control is None or control_sigma is None:
+                raise ValueError("this model takes control records (--control_cond): pass control and control_sigma")
+            emb = emb + self.control_embed(control, control_sigma)
         skips = []
         h = x.type(self.dtype)
         for module in self.input_blocks:
-            h = module(h, emb)
+            h = module(h, emb, context)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb, context)
         for module in self.output_blocks:
-            h = module(torch.cat([h, skips.pop()], dim=1), emb)
+            h = module(torch.cat([h, skips.pop()], dim=1), emb, context)
         return self.out(h.type(x.dtype))
 
 

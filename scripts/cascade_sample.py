@@ -12,8 +12,8 @@ Outputs go to LOG_DIR/base/ and LOG_DIR/upsampled/.
 
 import os
 
-from guided_diffusion import cli, dist_util, logger, sampling
-from guided_diffusion.checkpoint_flags import configure_logging, namespace_from_flags, require_file
+from guided_diffusion import cli, dist_util, edm_util, logger, sampling
+from guided_diffusion.checkpoint_flags import checkpoint_args, configure_logging, namespace_from_flags, require_file
 from guided_diffusion.guidance import Guidance
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import (
@@ -43,7 +43,8 @@ def stage_args(args, defaults, flags, path, flag):
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    base_architecture, sr_architecture = model_and_diffusion_defaults(), sr_model_and_diffusion_defaults()
+    base_architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
+    sr_architecture = {**sr_model_and_diffusion_defaults(), **edm_util.objective_defaults()}
     base = stage_args(args, base_architecture, args.base_flags, args.base_model_path, "base_model_path")
     sr = stage_args(args, sr_architecture, args.sr_flags, args.sr_model_path, "sr_model_path")
     if sr.small_size != base.image_size:
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     if clf is not None:
         classifier = create_classifier(**args_to_dict(clf, classifier_defaults().keys()))
         sampling.load_network(classifier, args.classifier_path, "classifier_path", clf.classifier_use_fp16)
-    guidance = sampling.guidance_from_args(base, guide, create_model_and_diffusion, base_architecture, classifier)
+    conditioning = edm_util.classifier_conditioning(checkpoint_args(args.classifier_path)) if clf else None
+    guidance = sampling.guidance_from_args(base, guide, create_model_and_diffusion, base_architecture, classifier,
+                                           conditioning)
     logger.log("stage 1: base samples")
     base_writer = SampleWriter(os.path.join(folder, "base"), args.num_samples, base.image_size, base.image_size,
                                with_labels=base.class_cond or classifier is not None)

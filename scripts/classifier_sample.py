@@ -9,8 +9,8 @@ Classifier-free guidance and autoguidance (see image_sample.py) combine with it.
 """
 
 
-from guided_diffusion import cli, logger, sampling
-from guided_diffusion.checkpoint_flags import apply_checkpoint_args, explicit_flags, require_file
+from guided_diffusion import cli, edm_util, logger, sampling
+from guided_diffusion.checkpoint_flags import apply_checkpoint_args, checkpoint_args, explicit_flags, require_file
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -23,12 +23,13 @@ from guided_diffusion.script_util import (
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = model_and_diffusion_defaults()
+    architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
 
     def classifier_matches():
         require_file(args.classifier_path, "classifier_path")
         keys = [k for k in classifier_defaults() if k.startswith("classifier_")]
-        if sampling.is_nvlabs_pickle(args.model_path):  # the classifier's own schedule maps sigma to its timesteps
+        if sampling.is_nvlabs_pickle(args.model_path) or edm_util.uses_sigma_space(args):
+            # a model at continuous sigma: the classifier's own schedule maps sigma to its timesteps
             keys += ["noise_schedule", "diffusion_steps"]
         saved = apply_checkpoint_args(args, args.classifier_path, keys, explicit_flags(argv), "classifier_path")
         sampling.match_classifier(args, saved or {}, args.classifier_path)
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     logger.log("loading classifier...")
     classifier = create_classifier(**args_to_dict(args, classifier_defaults().keys()))
     sampling.load_network(classifier, args.classifier_path, "classifier_path", args.classifier_use_fp16)
-    guidance = sampling.guidance_from_args(args, guide, create_model_and_diffusion, architecture, classifier)
+    guidance = sampling.guidance_from_args(args, guide, create_model_and_diffusion, architecture, classifier,
+                                           edm_util.classifier_conditioning(checkpoint_args(args.classifier_path)))
 
     logger.log("sampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size, with_labels=True)
@@ -52,6 +54,7 @@ def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(sampling.classifier_flag_defaults())
     defaults.update(model_and_diffusion_defaults())
+    defaults.update(edm_util.edm_defaults())
     defaults.update(classifier_defaults())
     return cli.make_parser(__doc__, defaults)
 

@@ -1,9 +1,15 @@
 """Train a noisy-image classifier for classifier guidance on a folder of class-prefixed images.
 
     mpiexec -n N python scripts/classifier_train.py --data_dir DIR [--val_data_dir DIR] $CLASSIFIER_FLAGS $TRAIN_FLAGS
+
+--objective edm trains it for models trained with --objective edm or --arch edm2: noise levels from the same
+log-normal distribution (--p_mean, --p_std), inputs c_in(sigma) x and noise labels ln(sigma) / 4 as those networks
+see them, so classifier_sample.py can guide them with any sigma-space sampler.
 """
 
-from guided_diffusion import cli, dist_util, logger
+from guided_diffusion import cli, dist_util, edm_util, logger
+from guided_diffusion.checkpoint_flags import explicit_flags
+from guided_diffusion.classifier_training import ClassifierTrainLoop
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import (
@@ -11,13 +17,13 @@ from guided_diffusion.script_util import (
     classifier_and_diffusion_defaults,
     create_classifier_and_diffusion,
 )
-from guided_diffusion.train_util import ClassifierTrainLoop, find_resume_checkpoint, \
-    parse_resume_step_from_filename
+from guided_diffusion.train_util import find_resume_checkpoint, parse_resume_step_from_filename
 
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
+    edm_util.resolve_edm_flags(args, explicit_flags(argv), allowed=("adm", "edm"))
     log_dir = cli.start(args, "classifier_train")
 
     logger.log("creating model and diffusion...")
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, anneal_lr=args.anneal_lr, iterations=args.iterations,
         use_fp16=args.classifier_use_fp16, use_bf16=args.use_bf16,
+        objective=edm_util.objective_from_flags(args) if args.objective == "edm" else None,
     ).run_loop()
 
 
@@ -57,7 +64,7 @@ def create_argparser():
     # Its own flags and defaults (the original always cropped randomly).
     defaults.update(val_data_dir="", noised=True, iterations=150000, lr=3e-4, anneal_lr=False, batch_size=4,
                     eval_interval=5, random_crop=True)
-    return cli.make_parser(__doc__, defaults, classifier_and_diffusion_defaults())
+    return cli.make_parser(__doc__, defaults, classifier_and_diffusion_defaults(), edm_util.objective_defaults())
 
 
 if __name__ == "__main__":

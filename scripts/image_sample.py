@@ -9,14 +9,14 @@ super_res_sample.py --base_samples read. Image i depends only on --seed + i.
 """
 
 
-from guided_diffusion import cli, logger, sampling
+from guided_diffusion import cli, edm_util, logger, sampling
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = model_and_diffusion_defaults()
+    architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
     guide = sampling.prepare("image_sample", args, architecture, argv)
 
     logger.log("creating model and diffusion...")
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(model_and_diffusion_defaults())
+    defaults.update(edm_util.edm_defaults())
     return cli.make_parser(__doc__, defaults)
 
 

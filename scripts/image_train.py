@@ -5,10 +5,20 @@
 
 With --class_cond True --class_dropout_prob 0.1 the model also learns the unconditional model (label dropout),
 for classifier-free guidance at sampling time (image_sample.py --cfg_scale).
+
+EDM's and EDM2's recipes: --objective edm trains the ADM network in EDM's preconditioning with EDM's loss;
+--arch edm2 [--edm2_preset xs|s|m|l|xl] trains EDM2's network with its loss and learned uncertainty (Adam betas
+0.9,0.99; add --lr_ref_images/--lr_rampup_images for its learning-rate schedule). With --phema_stds 0.05,0.10
+scripts/reconstruct_ema.py picks the EMA length afterwards.
+
+Control conditioning (control.py, with --objective edm): --random_crop True --random_resize 0.5,1 --control_cond
+crop,flip,size records each image's augmentation and tells the network; --control_dropout_prob trains the null
+record for --control_cfg_scale; --class_attention True feeds the label to the attention layers instead.
 """
 
-from guided_diffusion import cli, dist_util, logger
-from guided_diffusion.image_datasets import load_data
+from guided_diffusion import cli, dist_util, edm_util, logger
+from guided_diffusion.checkpoint_flags import explicit_flags
+from guided_diffusion.image_datasets import load_data, parse_random_resize
 from guided_diffusion.script_util import (
     args_to_dict,
     create_model_and_diffusion,
@@ -21,10 +31,12 @@ from guided_diffusion.train_util import train_diffusion_from_args
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
+    edm_util.resolve_edm_flags(args, explicit_flags(argv))
     cli.start(args, "image_train")
 
     logger.log("creating model and diffusion...")
-    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
+    model, diffusion = edm_util.create_training_network(
+        args, lambda: create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys())))
     model.to(dist_util.dev())
 
     def make_data(start_batch):
@@ -33,14 +45,17 @@ def main(argv: list[str] | None = None) -> None:
             class_cond=args.class_cond, random_crop=args.random_crop, random_flip=args.random_flip,
             skip_bad_images=args.skip_bad_images, num_classes=args.num_classes, seed=args.seed,
             num_workers=args.num_workers, start_batch=start_batch,
+            random_resize=parse_random_resize(args.random_resize), min_crop_frac=args.min_crop_frac,
+            with_control=bool(args.control_cond),
         )
 
     train_diffusion_from_args(args, model, diffusion, make_data, label_dropout=args.class_dropout_prob,
-                              null_label=null_label(args.num_classes, args.class_dropout_prob))
+                              null_label=null_label(args.num_classes, args.class_dropout_prob),
+                              control_dropout=args.control_dropout_prob)
 
 
 def create_argparser():
-    return cli.make_parser(__doc__, model_and_diffusion_defaults(), cli.training_defaults())
+    return cli.make_parser(__doc__, model_and_diffusion_defaults(), edm_util.edm_defaults(), cli.training_defaults())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ i % (number of base images) with noise from --seed + i. A weaker upsampler can g
 """
 
 
-from guided_diffusion import cli, logger, sampling
+from guided_diffusion import cli, edm_util, logger, sampling
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cfg_scale != 1:
         raise ValueError(f"--cfg_scale {args.cfg_scale}: classifier-free guidance applies to base models trained "
                          "with --class_dropout_prob, not to upsamplers")
-    architecture = sr_model_and_diffusion_defaults()
+    architecture = {**sr_model_and_diffusion_defaults(), **edm_util.objective_defaults()}
     base = None
 
     def read_base():
@@ -46,6 +46,7 @@ def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(base_samples="")
     defaults.update(sr_model_and_diffusion_defaults())
+    defaults.update(edm_util.objective_defaults())
     return cli.make_parser(__doc__, defaults)
 
 

@@ -1,9 +1,13 @@
 """Train a super-resolution model: large_size images conditioned on their area-downsampled small_size versions.
 
     mpiexec -n N python scripts/super_res_train.py --data_dir DIR --large_size 256 --small_size 64 $FLAGS
+
+--objective edm trains the ADM upsampler in EDM's preconditioning with EDM's loss (the low-resolution input stays
+a clean condition).
 """
 
-from guided_diffusion import cli, dist_util, logger
+from guided_diffusion import cli, dist_util, edm_util, logger
+from guided_diffusion.checkpoint_flags import explicit_flags
 from guided_diffusion.image_datasets import load_superres_data
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -16,10 +20,12 @@ from guided_diffusion.train_util import train_diffusion_from_args
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
+    edm_util.resolve_edm_flags(args, explicit_flags(argv), allowed=("adm", "edm"))
     cli.start(args, "super_res_train")
 
     logger.log("creating model...")
-    model, diffusion = sr_create_model_and_diffusion(**args_to_dict(args, sr_model_and_diffusion_defaults().keys()))
+    model, diffusion = edm_util.create_training_network(
+        args, lambda: sr_create_model_and_diffusion(**args_to_dict(args, sr_model_and_diffusion_defaults().keys())))
     model.to(dist_util.dev())
 
     def make_data(start_batch):
@@ -34,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def create_argparser():
-    return cli.make_parser(__doc__, sr_model_and_diffusion_defaults(), cli.training_defaults())
+    return cli.make_parser(__doc__, sr_model_and_diffusion_defaults(), edm_util.objective_defaults(),
+                           cli.training_defaults())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from guided_diffusion import edm2
+from guided_diffusion.objectives import EDMLoss
 
 from reference import REFERENCE, formula_weights
 
@@ -81,11 +82,9 @@ def test_training_loss_and_forced_weight_normalization_match_nvlabs(small):
     net, golden, label_dim = small
     net = _golden_weights(net)  # fresh formula weights: the loss forward rewrites them
     net.train()
-    onehot = torch.nn.functional.one_hot(golden["labels"].long(), label_dim).float()
-    sigma = (golden["rnd_normal"] * golden["P_std"] + golden["P_mean"]).exp()
-    weight = (sigma**2 + 0.25) / (0.5 * sigma) ** 2
-    denoised, logvar = net(golden["images"] + golden["unit_noise"] * sigma, sigma, onehot, return_logvar=True)
-    loss = weight / logvar.exp() * (denoised - golden["images"]) ** 2 + logvar
+    objective = EDMLoss(0.5, float(golden["P_mean"]), float(golden["P_std"]), learned_uncertainty=True)
+    sigma = (golden["rnd_normal"].flatten() * objective.noise.p_std + objective.noise.p_mean).exp()
+    loss, _ = objective.elementwise(net, golden["images"], sigma, golden["unit_noise"], golden["labels"].long())
     _close(loss.detach(), golden["loss"])
     state = net.state_dict()
     after = {k.split("/", 1)[1]: v for k, v in golden.items() if k.startswith("weight_after_train_forward/")}

@@ -35,3 +35,26 @@ def test_quickstart_fast(tmp_path, digits_judge_session):
     assert results["10"]["recognized"] > results["0"]["recognized"], results
     assert Image.open(out / "judge" / "tradeoff.png").size[0] > 300
     assert os.path.exists(out / "diffusion" / "args.json") and os.path.exists(out / "classifier" / "args.json")
+
+
+@pytest.mark.slow
+def test_quickstart_fast_edm2_recipe(tmp_path, digits_judge_session):
+    """--recipe edm2: EDM2's network, power-function EMAs reconstructed afterwards, CFG; the same judge table."""
+    _, cache = digits_judge_session
+    out = tmp_path / "edm2"
+    proc = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), "--fast", "--recipe", "edm2", "--out", str(out)],
+                          env=script_env({"GUIDED_DIFFUSION_CACHE": cache}), capture_output=True, text=True,
+                          timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    header = HEADER.replace("guidance scale", "CFG scale")
+    lines = proc.stdout.splitlines()
+    assert lines[lines.index(header) + 1] == "|---|---|---|---|---|---|---|"
+    results = json.load(open(out / "judge" / "results.json"))
+    assert list(results) == ["1", "2"] and all(row["samples"] == 100 for row in results.values())
+    assert results["2"]["recognized"] > results["1"]["recognized"], results
+    args = json.load(open(out / "diffusion" / "args.json"))
+    assert (args["arch"], args["objective"], args["phema_stds"]) == ("edm2", "edm2", "0.05,0.10")
+    assert os.path.exists(out / "diffusion" / "phema_recon_0.100_000300.pt")
+    bad = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), "--recipe", "edm3"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--recipe edm3: choose adm or edm2" in bad.stderr

@@ -159,7 +159,9 @@ def test_resume_with_another_architecture(images, tmp_path):
     assert code == 2 and "use --num_channels 32 (now 64)" in stderr
 
 
-def _rank_pid(script: str, rank: int) -> int | None:
+def _rank_pid(script: str, rank: int, log_dir: str) -> int | None:
+    """The process of this test's run (its log folder on the command line) that is MPI rank `rank`; other runs
+    of the script on the machine are left alone."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -168,7 +170,8 @@ def _rank_pid(script: str, rank: int) -> int | None:
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if script.encode() in cmdline and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
+        mine = script.encode() in cmdline and log_dir.encode() + b"\0" in cmdline
+        if mine and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
             return int(pid)
     return None
 
@@ -181,7 +184,7 @@ def test_dead_rank_ends_the_run(images, tmp_path):
                 launcher="mpiexec"), env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: os.path.exists(os.path.join(log_dir, "progress.csv")), proc, "progress.csv")
-        pid = _rank_pid("image_train.py", 1)
+        pid = _rank_pid("image_train.py", 1, log_dir)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         assert proc.wait(timeout=60) != 0
