@@ -8,10 +8,10 @@
 #        edm2     EDM2's network at similar cost (32 channels, 1,2, 1 block), its loss with learned uncertainty,
 #                 Adam betas 0.9,0.99, lr 1e-2 with EDM2's schedule (ramp-up 4k images, decay after 8k),
 #                 P_mean -0.8, P_std 1.6 (EDM2's pixel-space ImageNet-64 values)
-#   3. reconstruct each run's EMA at 9 lengths (scripts/reconstruct_ema.py);
+#   3. reconstruct each run's EMA at 8 lengths (scripts/reconstruct_ema.py);
 #   4. benchmarks/bench_edm_recipes_digits.py samples (Heun, 18 steps = 35 evaluations; CFG in one doubled batch)
 #      and judges: recipes table (classic EMA and post-hoc lengths), FD against sigma_rel with and without CFG
-#      (the EDM2 run over all 9 lengths); tables and plots in OUT/bench. About 90 minutes on 2 cores.
+#      (the EDM2 run over all 8 lengths, with CFG on one seed); tables and plots in OUT/bench. About 90 minutes on 2 cores.
 # Usage: bash benchmarks/edm_recipes_digits.sh [--out runs/edm_recipes_digits] [--minutes 6]
 # A rerun resumes: finished calibration, training and reconstruction are not repeated.
 set -euo pipefail
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 batch=64
-stds="0.02,0.035,0.05,0.075,0.10,0.13,0.16,0.20,0.25"
+stds="0.02,0.035,0.05,0.075,0.10,0.16,0.20,0.25"
 
 source scripts/launcher.sh
 $py datasets/digits.py --out_dir "$out/digits" --image_size 16 --split train
