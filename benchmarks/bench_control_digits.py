@@ -27,7 +27,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 
-from bench_edm_recipes_digits import load_denoiser  # noqa: E402
+from bench_edm_recipes_digits import load_denoiser, trained_steps  # noqa: E402
 from digits_features import real_images  # noqa: E402
 from digits_judge import DigitsJudge  # noqa: E402
 from seed_summary import finish_plot, mean_std  # noqa: E402
@@ -76,7 +76,8 @@ def run(args, judge: DigitsJudge, results_path: str) -> dict:
             results = json.load(f)
     seeds = [int(s) for s in args.seeds.split(",")]
     for arm in ARMS:
-        path = os.path.join(args.runs_dir, arm, f"ema_0.995_{int(open_steps(args.runs_dir, arm)):06d}.pt")
+        run_dir = os.path.join(args.runs_dir, arm)
+        path = os.path.join(run_dir, f"ema_0.995_{trained_steps(run_dir):06d}.pt")
         has_control = bool(checkpoint_args(path).get("control_cond"))
         jobs = [(16, s) for s in seeds] + ([(8, seeds[0])] if has_control else [])
         denoiser = None
@@ -102,12 +103,6 @@ def run(args, judge: DigitsJudge, results_path: str) -> dict:
     return results
 
 
-def open_steps(runs_dir: str, arm: str) -> int:
-    """The step count the arm trained (its last model file)."""
-    files = [f for f in os.listdir(os.path.join(runs_dir, arm)) if f.startswith("model") and f.endswith(".pt")]
-    return max(int(f[5:11]) for f in files)
-
-
 def report(results: dict, seeds: list[int], runs_dir: str) -> tuple[str, list[dict]]:
     real, _ = real_images("test")
     lines = [f"| arm | steps | recognized | FD | precision | recall | side ink (real: {side_ink(real):.3f}) | "
@@ -125,7 +120,7 @@ def report(results: dict, seeds: list[int], runs_dir: str) -> tuple[str, list[di
         row["leak"] = None if small is None else float(np.mean(np.array(small["read"]) != np.array(base["read"])))
         rows.append(row)
         leak = "—" if row["leak"] is None else f"{row['leak']:.3f}"
-        lines.append(f"| ({arm}) {name} | {open_steps(runs_dir, arm)} | {row['recognized']:.3f} ± "
+        lines.append(f"| ({arm}) {name} | {trained_steps(os.path.join(runs_dir, arm))} | {row['recognized']:.3f} ± "
                      f"{row['recognized_std']:.3f} | {row['fd']:.1f} ± {row['fd_std']:.1f} | {row['precision']:.3f} ± "
                      f"{row['precision_std']:.3f} | {row['recall']:.3f} ± {row['recall_std']:.3f} | "
                      f"{row['side_ink']:.3f} ± {row['side_ink_std']:.3f} | {leak} |")
@@ -142,8 +137,8 @@ def plot(rows: list[dict], path: str) -> None:
     for r in rows:
         ax.errorbar([r["side_ink"]], [r["fd"]], xerr=[r["side_ink_std"]], yerr=[r["fd_std"]], marker="o", capsize=3,
                     linestyle="none", label=f"({r['arm']}) {r['name']}")
-    finish_plot(fig, ax, path, "share of samples with ink in the side columns", "Fréchet distance to the real test digits",
-                legend_size=7)
+    finish_plot(fig, ax, path, "share of samples with ink in the side columns",
+                "Fréchet distance to the real test digits", legend_size=7)
 
 
 def main() -> None:

@@ -60,6 +60,11 @@ def load_denoiser(path: str):
     return Denoiser(diffusion, model_fn_for(model, flags.class_cond)), False
 
 
+def trained_steps(run_dir: str) -> int:
+    """The step count a run trained (its last model file)."""
+    return max(int(os.path.basename(f)[5:11]) for f in glob.glob(os.path.join(run_dir, "model*.pt")))
+
+
 def checkpoints(runs_dir: str, arm: str, sigma_rels: list[float]) -> dict[str, str]:
     """{label: path}: the classic EMA and the reconstructions of one run."""
     folder = os.path.join(runs_dir, arm)
@@ -192,10 +197,7 @@ def main() -> None:
     began = time.time()
     results = run(args, DigitsJudge(verbose=False), os.path.join(args.out_dir, "edm_recipes_digits.json"))
     rows = summary(results, [int(s) for s in args.seeds.split(",")])
-    steps = {}
-    for arm in ARMS:
-        files = glob.glob(os.path.join(args.runs_dir, arm, "model*.pt"))
-        steps[arm] = max(int(os.path.basename(f)[5:11]) for f in files) if files else "?"
+    steps = {arm: trained_steps(os.path.join(args.runs_dir, arm)) for arm in ARMS}
     text = (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}; this pass "
             f"{(time.time() - began) / 60:.1f} min. {10 * args.per_digit} images per run (digits 0-9 cycled), "
             f"Heun 18 steps (35 evaluations; CFG doubles the batch), seeds {args.seeds}; mean ± std over seeds.\n\n"

@@ -28,6 +28,7 @@ done
 batch=64
 
 source scripts/launcher.sh
+source benchmarks/calibrate.sh
 $py datasets/digits.py --out_dir "$out/digits" --image_size 16 --split train
 
 common=(--data_dir "$out/digits" --image_size 16 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2
@@ -45,15 +46,8 @@ arm_flags() {  # the arm's flags, into the array `flags`
 
 declare -A steps
 for arm in a b c d; do  # all calibrations first, back to back
-  dir="$out/calibrate/$arm"
   arm_flags "$arm"
-  if [ ! -f "$dir/model000120.pt" ]; then
-    "${launch[@]}" scripts/image_train.py "${common[@]}" "${flags[@]}" --max_steps 120 --save_interval 120 \
-      --log_interval 60 --log_dir "$dir" >/dev/null 2>&1
-  fi
-  steps[$arm]=$($py -c 'import csv, sys; rows = list(csv.DictReader(open(sys.argv[1])))
-print(int(float(sys.argv[2]) * 60 * float(rows[-1]["images_per_sec"]) / int(sys.argv[3])))' \
-    "$dir/progress.csv" "$minutes" "$batch")
+  steps[$arm]=$(calibrated_steps "$out/calibrate/$arm" "$minutes" "$batch" "${common[@]}" "${flags[@]}")
   echo "control_digits: arm $arm trains ${steps[$arm]} steps ($minutes min at its calibrated speed)"
 done
 for arm in a b c d; do

@@ -30,6 +30,7 @@ batch=64
 stds="0.02,0.035,0.05,0.075,0.10,0.16,0.20,0.25"
 
 source scripts/launcher.sh
+source benchmarks/calibrate.sh
 $py datasets/digits.py --out_dir "$out/digits" --image_size 16 --split train
 
 common=(--data_dir "$out/digits" --image_size 16 --class_cond True --num_classes 10 --class_dropout_prob 0.1
@@ -44,21 +45,11 @@ recipe() {  # the arm's flags, into the array `flags`
   esac
 }
 
-steps_for() {  # the step count that fills $minutes of training, from the calibration run's throughput
-  local dir="$out/calibrate/$1"
-  recipe "$1"
-  if [ ! -f "$dir/model000120.pt" ]; then
-    "${launch[@]}" scripts/image_train.py "${common[@]}" "${flags[@]}" --phema_stds "" --max_steps 120 \
-      --save_interval 120 --log_interval 60 --log_dir "$dir" >/dev/null 2>&1
-  fi
-  $py -c 'import csv, sys; rows = list(csv.DictReader(open(sys.argv[1])))
-print(int(float(sys.argv[2]) * 60 * float(rows[-1]["images_per_sec"]) / int(sys.argv[3])))' \
-    "$dir/progress.csv" "$minutes" "$batch"
-}
-
 declare -A steps
 for arm in adm adm-edm edm2; do  # all calibrations first, back to back
-  steps[$arm]=$(steps_for "$arm")
+  recipe "$arm"
+  steps[$arm]=$(calibrated_steps "$out/calibrate/$arm" "$minutes" "$batch" "${common[@]}" "${flags[@]}" \
+    --phema_stds "")
   echo "edm_recipes_digits: $arm trains ${steps[$arm]} steps ($minutes min at its calibrated speed)"
 done
 for arm in adm adm-edm edm2; do

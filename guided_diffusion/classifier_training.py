@@ -31,6 +31,7 @@ class ClassifierTrainLoop(_Loop):
                  objective: EDMLoss | None = None):
         self.diffusion = diffusion
         self.objective = objective
+        self.conditioning = EDMConditioning(objective.sigma_data) if objective is not None else None
         self.val_data = val_data
         self.noised = noised
         self.eval_interval = eval_interval
@@ -58,10 +59,9 @@ class ClassifierTrainLoop(_Loop):
             return batch, torch.zeros(n, dtype=torch.long, device=device), torch.zeros(n, dtype=torch.long)
         if self.objective is not None:
             sigma = self.objective.noise.sample(n, device)
-            conditioning = EDMConditioning(self.objective.sigma_data)
-            scale = conditioning.input_scale(sigma).reshape(-1, 1, 1, 1)
+            scale = self.conditioning.input_scale(sigma).reshape(-1, 1, 1, 1)
             noisy = (batch + torch.randn_like(batch) * sigma.reshape(-1, 1, 1, 1)) * scale
-            return noisy, conditioning.noise_label(sigma), self.objective.noise.quartile(sigma)
+            return noisy, self.conditioning.noise_label(sigma), self.objective.noise.quartile(sigma)
         t, _ = self.schedule_sampler.sample(n, device)
         return self.diffusion.q_sample(batch, t), t, (4 * t // self.diffusion.num_timesteps).clamp(0, 3)
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .control import ControlEmbedding, parse_gates, parse_groups
 from .edm import preconditioning
 
 
@@ -188,7 +189,6 @@ class UNet(torch.nn.Module):
                  label_balance: float = 0.5, concat_balance: float = 0.5, class_attention: bool = False,
                  control_cond: str = "", control_gates: str = "", control_gating: bool = True, **block_kwargs):
         super().__init__()
-        from .control import ControlEmbedding, parse_gates, parse_groups
 
         widths = [model_channels * m for m in channel_mult]
         noise_channels = model_channels * channel_mult_noise if channel_mult_noise is not None else widths[0]

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
+from .control import NULL
+
 if TYPE_CHECKING:
     from .denoiser import Denoiser
     from .objectives import EDMConditioning
@@ -269,7 +271,7 @@ def null_controls(model_kwargs: dict) -> dict:
     control = model_kwargs.get("control")
     if control is None:
         raise ValueError("control guidance needs control records")
-    return {**model_kwargs, "control": torch.full_like(control, -1.0)}
+    return {**model_kwargs, "control": torch.full_like(control, NULL)}
 
 
 def check_guidance(cfg_scale: float, has_null_label: bool, cfg_interval: Interval, has_guide: bool,

@@ -11,6 +11,7 @@ import inspect
 import math
 
 from . import gaussian_diffusion as gd
+from .control import parse_gates, parse_groups
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
 
@@ -170,8 +171,6 @@ def create_model(
 ) -> UNetModel:
     """The ADM U-Net for RGB images (6 output channels when learn_sigma), optionally with class attention and
     control conditioning (control.py)."""
-    from .control import parse_gates, parse_groups
-
     _check_num_classes(class_cond, num_classes)
     return UNetModel(
         image_size=image_size,
