@@ -10,26 +10,32 @@
 # With --recipe edm2 the same pipeline trains EDM2's network instead (class-conditional with label dropout, its
 # loss and learning-rate schedule, power-function EMAs), picks the EMA length afterwards (scripts/reconstruct_ema.py)
 # and samples with classifier-free guidance at several scales (Heun, 35 evaluations); same judge, same table.
-# Usage: bash quickstart.sh [--fast] [--out DIR] [--recipe adm|edm2]   (--fast: a tiny budget, about 3 minutes)
+# Usage: bash quickstart.sh [--fast] [--steps N] [--out DIR] [--recipe adm|edm2]
+#   --fast: a tiny budget, about 2 minutes; --steps N: train every network N steps instead of the budget's count
 # A rerun resumes: finished training and sampling are not repeated.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 fast=0
+steps_override=""
 out=""
 recipe=adm
 while [ $# -gt 0 ]; do
   case "$1" in
     --fast) fast=1; shift ;;
+    --steps) steps_override=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --recipe) recipe=$2; shift 2 ;;
-    *) echo "usage: bash quickstart.sh [--fast] [--out DIR] [--recipe adm|edm2]" >&2; exit 2 ;;
+    *) echo "usage: bash quickstart.sh [--fast] [--steps N] [--out DIR] [--recipe adm|edm2]" >&2; exit 2 ;;
   esac
 done
 case "$recipe" in
   adm|edm2) ;;
   *) echo "quickstart.sh: error: --recipe $recipe: choose adm or edm2" >&2; exit 2 ;;
 esac
+if [ -n "$steps_override" ] && ! [[ "$steps_override" =~ ^[1-9][0-9]*$ ]]; then
+  echo "quickstart.sh: error: --steps $steps_override: expected a positive whole number of training steps" >&2; exit 2
+fi
 if [ -z "$out" ]; then
   out=runs/quickstart$([ "$recipe" = edm2 ] && echo -edm2)$([ "$fast" = 1 ] && echo -fast)
 fi
@@ -39,6 +45,7 @@ if [ "$fast" = 1 ]; then
 else
   train_steps=2500; classifier_steps=1500; per_digit=36; ddim=ddim50; scales="0 0.5 1 2 3 10"
 fi
+if [ -n "$steps_override" ]; then train_steps=$steps_override; classifier_steps=$steps_override; fi
 
 source scripts/launcher.sh
 echo "quickstart: output in $out, launching with: ${launch[*]}"
@@ -48,6 +55,7 @@ $py datasets/digits.py --out_dir "$out/digits" --image_size 16 --split train
 if [ "$recipe" = edm2 ]; then
   # EDM2's network at the main job's cost; EMA length and CFG scale from benchmarks/edm_recipes_digits.sh.
   if [ "$fast" = 1 ]; then steps=300; per_digit=10; scales="1 2"; else steps=2000; per_digit=36; scales="1 1.5 2 3"; fi
+  steps=${steps_override:-$steps}
   sigma_rel=0.10
   echo "quickstart: training EDM2's network ($steps steps, power-function EMAs 0.05,0.10)"
   "${launch[@]}" scripts/image_train.py --data_dir "$out/digits" --log_dir "$out/diffusion" --image_size 16 \

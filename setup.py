@@ -1,5 +1,10 @@
 """For tools that still run setup.py (python setup.py develop): everything is configured in pyproject.toml."""
 
-from setuptools import setup
+import sys
 
-setup()
+import setuptools
+
+if int(setuptools.__version__.split(".")[0]) < 77:  # pyproject.toml's SPDX license string (PEP 639)
+    sys.exit(f"setup.py: error: needs setuptools >= 77, found {setuptools.__version__}: pip install -U setuptools")
+
+setuptools.setup()

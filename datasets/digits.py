@@ -88,10 +88,10 @@ def create_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the export from the command line."""
     parser = create_argparser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.image_size < 8:
         parser.error(f"--image_size must be at least 8, got {args.image_size}")
     if args.limit < 0:

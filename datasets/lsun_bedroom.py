@@ -113,10 +113,10 @@ def create_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the export from the command line, reporting input problems as one line with exit status 2."""
     parser = create_argparser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.prefix or "_" in args.prefix:
         parser.error(f"--prefix must be non-empty and contain no '_', got {args.prefix!r}")
     if args.image_size < 1:

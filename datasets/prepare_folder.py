@@ -163,9 +163,9 @@ def create_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run from the command line, reporting input problems as one line with exit status 2."""
-    args = create_argparser().parse_args()
+    args = create_argparser().parse_args(argv)
     try:
         summary = prepare_folder(args.root, args.out_dir, args.mode, args.underscore_to)
     except PrepareError as exc:

@@ -237,12 +237,16 @@ class ImageBatches:
             batch = next(self._it)
         except BadImageError as e:  # a worker's error arrives wrapped in its traceback: keep the message
             lines = [line for line in str(e).splitlines() if line.strip()]
-            raise BadImageError(lines[-1].split("BadImageError: ", 1)[-1]) from None
-        self.position += 1
-        if self.low_res_size:
-            images, cond = batch
-            cond["low_res"] = F.interpolate(images, self.low_res_size, mode="area")
-        return batch
+            message = lines[-1].split("BadImageError: ", 1)[-1]
+        else:
+            self.position += 1
+            if self.low_res_size:
+                images, cond = batch
+                cond["low_res"] = F.interpolate(images, self.low_res_size, mode="area")
+            return batch
+        # Stop the workers now (DataLoader has no public close): left to garbage collection, this took 5 s.
+        getattr(self._it, "_shutdown_workers", lambda: None)()
+        raise BadImageError(message)
 
 
 def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bool = False,

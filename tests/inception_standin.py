@@ -66,6 +66,7 @@ def smooth_images(count: int, size: int = 64, seed: int = 0, shift: float = 0.0)
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0.0, 1.0, (count, 4, 4, 3)) ** (1.0 + shift)
     rep = -(-size // 4)
-    big = np.repeat(np.repeat(coarse, rep, axis=1), rep, axis=2)[:, :size, :size]
-    noise = rng.normal(0.0, 0.03, big.shape)
-    return np.clip((big + noise) * 255.0, 0, 255).astype(np.uint8)
+    pixels = rng.normal(0.0, 0.03, (count, size, size, 3))  # the noise, then in place: + coarse, * 255, clip
+    pixels += np.repeat(np.repeat(coarse, rep, axis=1), rep, axis=2)[:, :size, :size]
+    pixels *= 255.0
+    return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)

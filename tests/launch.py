@@ -46,9 +46,15 @@ def command(script: str, args: list[str], launcher: str = "python", nproc: int =
 
 def run_script(script: str, args: list[str], launcher: str = "python", nproc: int = 2, env: dict | None = None,
                timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a script to completion; with check, fail with its output when it exits non-zero."""
-    proc = subprocess.run(command(script, [str(a) for a in args], launcher, nproc), env=script_env(env),
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """Run a script to completion (launcher "main": its main() in this process); with check, fail with its output
+    when it exits non-zero."""
+    args = [str(a) for a in args]
+    if launcher == "main":
+        code, stdout, stderr = _in_process(script, args, env)
+        proc = subprocess.CompletedProcess([script, *args], code, stdout, stderr)
+    else:
+        proc = subprocess.run(command(script, args, launcher, nproc), env=script_env(env), capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\n"
                              f"stderr:\n{proc.stderr[-4000:]}")
@@ -94,29 +100,31 @@ def classifier_probability(classifier_path: str, samples: dict) -> float:
 
 
 def train_tiny_checkpoints(root) -> dict:
-    """Tiny diffusion model, classifier and upsampler checkpoints (with their args.json), trained by the scripts;
-    "cfg" is a model trained with label dropout, "cfg_early" its checkpoint at half the steps (a guide)."""
+    """Tiny diffusion model, classifier and upsampler checkpoints (with their args.json), trained by the scripts
+    in this process; "cfg" is a model trained with label dropout, "cfg_early" its checkpoint at half the steps
+    (a guide)."""
     images = make_image_folder(os.path.join(root, "images"), count=16, size=16)
-    run_script("image_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "model"), "--batch_size", 4,
-                                  "--max_steps", 2, "--save_interval", 2, *TINY_MODEL])
-    run_script("classifier_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "classifier"),
-                                       "--batch_size", 8, "--iterations", 30, "--save_interval", 30, "--lr", 1e-3,
-                                       "--random_crop", "False", *TINY_CLASSIFIER])
-    run_script("image_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "cfg"), "--batch_size", 4,
-                                  "--max_steps", 4, "--save_interval", 2, "--class_dropout_prob", 0.25, "--lr", 5e-3,
-                                  *TINY_MODEL])
-    run_script("super_res_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "sr"), "--batch_size", 2,
-                                      "--max_steps", 1, "--large_size", 64, "--small_size", 16, "--num_channels",
-                                      32, "--num_res_blocks", 1, "--attention_resolutions", 8, "--class_cond",
-                                      "True", "--num_classes", 4])
+    call_main("image_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "model"), "--batch_size", 4,
+                                 "--max_steps", 2, "--save_interval", 2, *TINY_MODEL])
+    call_main("classifier_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "classifier"),
+                                      "--batch_size", 8, "--iterations", 30, "--save_interval", 30, "--lr", 1e-3,
+                                      "--random_crop", "False", *TINY_CLASSIFIER])
+    call_main("image_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "cfg"), "--batch_size", 4,
+                                 "--max_steps", 4, "--save_interval", 2, "--class_dropout_prob", 0.25, "--lr", 5e-3,
+                                 *TINY_MODEL])
+    call_main("super_res_train.py", ["--data_dir", images, "--log_dir", os.path.join(root, "sr"), "--batch_size", 2,
+                                     "--max_steps", 1, "--large_size", 64, "--small_size", 16, "--num_channels",
+                                     32, "--num_res_blocks", 1, "--attention_resolutions", 8, "--class_cond",
+                                     "True", "--num_classes", 4])
     return {"model": os.path.join(root, "model", "model000002.pt"),
             "classifier": os.path.join(root, "classifier", "model000030.pt"),
             "sr": os.path.join(root, "sr", "model000001.pt"), "images": images,
             "cfg": os.path.join(root, "cfg", "model000004.pt"), "cfg_early": os.path.join(root, "cfg", "model000002.pt")}
 
 
-def run_main(script: str, args: list) -> tuple[int, str]:
-    """Run scripts/<script>'s main in this process as cli.run does: (exit code, stderr stripped)."""
+def _in_process(script: str, args: list, env: dict | None = None) -> tuple[int, str, str]:
+    """Run scripts/<script>'s main in this process as cli.run does, with `env` added to the environment meanwhile:
+    (exit code, stdout, stderr stripped)."""
     import contextlib
     import importlib.util
     import io
@@ -127,18 +135,31 @@ def run_main(script: str, args: list) -> tuple[int, str]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     argv = [str(a) for a in args]
-    stderr = io.StringIO()
+    stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
     environ = dict(os.environ)  # the process-group set-up writes RANK, MASTER_PORT, ...: keep them from leaking
-    with contextlib.redirect_stderr(stderr):
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
+            os.environ.pop("OPENAI_LOGDIR", None)
+            os.environ.update(env or {})
             cli.run(lambda: module.main(argv), script=script)
         except SystemExit as e:
             code = e.code
         finally:
             os.environ.clear()
             os.environ.update(environ)
-    return code, stderr.getvalue().strip()
+    return code, stdout.getvalue(), stderr.getvalue().strip()
+
+
+def run_main(script: str, args: list) -> tuple[int, str]:
+    """Run scripts/<script>'s main in this process as cli.run does: (exit code, stderr stripped)."""
+    code, _, stderr = _in_process(script, args)
+    return code, stderr
+
+
+def call_main(script: str, args: list) -> str:
+    """Run scripts/<script>'s main in this process; fail with its output unless it succeeds; return its stdout."""
+    return run_script(script, args, launcher="main").stdout
 
 
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:

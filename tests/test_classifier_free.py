@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from launch import read_samples, run_main, run_script
+from launch import call_main, read_samples, run_main
 
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion import logger, samplers
@@ -155,9 +155,9 @@ def test_train_with_label_dropout_and_sample_with_cfg_through_the_scripts(traine
     for scale in (1.0, 3.0):
         out = tmp_path / f"heun_{scale}"
         # The model flags (and --class_dropout_prob) come from the args.json beside the checkpoint.
-        run_script("image_sample.py", ["--model_path", checkpoint, "--num_samples", 3, "--batch_size", 2,
-                                       "--cfg_scale", scale, "--classes", "2", "--log_dir", out, "--sampler", "heun",
-                                       "--steps", 3])
+        call_main("image_sample.py", ["--model_path", checkpoint, "--num_samples", 3, "--batch_size", 2,
+                                      "--cfg_scale", scale, "--classes", "2", "--log_dir", out, "--sampler", "heun",
+                                      "--steps", 3])
         samples = read_samples(out / "samples_3x16x16x3.npz")
         assert samples["arr_0"].shape == (3, 16, 16, 3) and samples["arr_1"].tolist() == [2, 2, 2]
         assert os.path.exists(out / "samples_3x16x16x3.png")

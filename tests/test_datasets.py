@@ -35,6 +35,17 @@ def run_script(name, *args):
     )
 
 
+def run_main(module, capsys, *args):
+    """Run a dataset script's main in this process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        module.main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 digits = load_script("digits")
 prepare = load_script("prepare_folder")
 lsun = load_script("lsun_bedroom")
@@ -92,7 +103,7 @@ def test_digit_splits_disjoint_and_covering(tmp_path):
         digits.split_indices(10, "val")
 
 
-def test_digits_cli(tmp_path):
+def test_digits_cli(tmp_path, capsys):
     result = run_script("digits", "--out_dir", tmp_path / "d", "--image_size", 32,
                         "--split", "train", "--limit", 12)
     assert result.returncode == 0, result.stderr
@@ -100,8 +111,8 @@ def test_digits_cli(tmp_path):
     assert len(names) == 12 and "0_00000.png" not in names  # index 0 is test
     with Image.open(tmp_path / "d" / names[0]) as image:
         assert image.size == (32, 32) and image.mode == "RGB"
-    bad = run_script("digits", "--out_dir", tmp_path / "e", "--image_size", 4)
-    assert bad.returncode == 2 and "at least 8" in bad.stderr
+    code, _, err = run_main(digits, capsys, "--out_dir", tmp_path / "e", "--image_size", 4)
+    assert code == 2 and "--image_size must be at least 8, got 4" in err
 
 
 # ---------------------------------------------------------------- prepare_folder
@@ -174,14 +185,14 @@ def test_prepare_errors(tmp_path):
         prepare.prepare_folder(str(tmp_path / "clash"), str(tmp_path / "clash" / "out"))
 
 
-def test_prepare_cli(class_tree, tmp_path):
+def test_prepare_cli(class_tree, tmp_path, capsys):
     result = run_script("prepare_folder", class_tree, tmp_path / "flat", "--mode", "copy")
     assert result.returncode == 0, result.stderr
     assert "2 classes, 3 files" in result.stdout
     assert len(os.listdir(tmp_path / "flat")) == 3
-    bad = run_script("prepare_folder", tmp_path / "missing", tmp_path / "out")
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [
+    code, _, err = run_main(prepare, capsys, tmp_path / "missing", tmp_path / "out")
+    assert code == 2
+    assert err.strip().splitlines() == [
         f"prepare_folder.py: error: no such folder: {tmp_path / 'missing'}"
     ]
 
@@ -248,14 +259,14 @@ def test_lsun_cli(tiny_lmdb, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "not_lmdb"])
-def test_lsun_cli_bad_input(tmp_path, kind):
+def test_lsun_cli_bad_input(tmp_path, capsys, kind):
     path = tmp_path / "missing"
     if kind == "not_lmdb":
         path = tmp_path / "plain"
         save_image(path / "a.png")
-    result = run_script("lsun_bedroom", path, tmp_path / "out")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    code, _, err = run_main(lsun, capsys, path, tmp_path / "out")
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lsun_bedroom.py: error:")
     assert str(path) in lines[0]
     assert not (tmp_path / "out").exists()

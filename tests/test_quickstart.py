@@ -1,4 +1,5 @@
-"""The main job (quickstart.sh --fast) end to end, with the digits judge's table, results and plot."""
+"""The main job (quickstart.sh --fast, 200 training steps) end to end, with the digits judge's table, results and
+plot."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ HEADER = "| guidance scale | recognized as requested | FD | precision | recall |
 def test_quickstart_fast(tmp_path, digits_judge_session):
     _, cache = digits_judge_session
     out = tmp_path / "quickstart"
-    proc = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), "--fast", "--out", str(out)],
+    proc = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), "--fast", "--steps", "200", "--out", str(out)],
                           env=script_env({"GUIDED_DIFFUSION_CACHE": cache}), capture_output=True, text=True,
                           timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -42,7 +43,8 @@ def test_quickstart_fast_edm2_recipe(tmp_path, digits_judge_session):
     """--recipe edm2: EDM2's network, power-function EMAs reconstructed afterwards, CFG; the same judge table."""
     _, cache = digits_judge_session
     out = tmp_path / "edm2"
-    proc = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), "--fast", "--recipe", "edm2", "--out", str(out)],
+    proc = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), "--fast", "--steps", "200", "--recipe", "edm2",
+                           "--out", str(out)],
                           env=script_env({"GUIDED_DIFFUSION_CACHE": cache}), capture_output=True, text=True,
                           timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -54,7 +56,15 @@ def test_quickstart_fast_edm2_recipe(tmp_path, digits_judge_session):
     assert results["2"]["recognized"] > results["1"]["recognized"], results
     args = json.load(open(out / "diffusion" / "args.json"))
     assert (args["arch"], args["objective"], args["phema_stds"]) == ("edm2", "edm2", "0.05,0.10")
-    assert os.path.exists(out / "diffusion" / "phema_recon_0.100_000300.pt")
-    bad = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), "--recipe", "edm3"], capture_output=True,
-                         text=True, cwd=ROOT)
-    assert bad.returncode == 2 and "--recipe edm3: choose adm or edm2" in bad.stderr
+    assert os.path.exists(out / "diffusion" / "phema_recon_0.100_000200.pt")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--recipe", "edm3"], "--recipe edm3: choose adm or edm2"),
+    (["--steps", "0"], "--steps 0: expected a positive whole number of training steps"),
+    (["--steps", "1e3"], "--steps 1e3: expected a positive whole number of training steps"),
+])
+def test_quickstart_flag_errors(flags, message):
+    bad = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), *flags], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.splitlines() == [f"quickstart.sh: error: {message}"]

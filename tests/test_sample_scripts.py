@@ -1,4 +1,5 @@
-"""The sampling scripts end to end on tiny checkpoints trained in the test, with plain python and mpiexec."""
+"""The sampling scripts end to end on tiny checkpoints trained in the test: in this process (their main) and under
+mpiexec, as users run them."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ MPIEXEC = pytest.param("mpiexec", marks=pytest.mark.mpi)
 
 @pytest.fixture(scope="module")
 def base_samples(trained, tmp_path_factory):
-    """Six class-conditional samples made with plain python, batch size 4."""
+    """Six class-conditional samples made in this process, batch size 4."""
     log_dir = tmp_path_factory.mktemp("base")
     run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 6, "--batch_size", 4,
-                                   "--log_dir", log_dir, "--seed", 3, *FAST])
+                                   "--log_dir", log_dir, "--seed", 3, *FAST], launcher="main")
     return str(log_dir / "samples_6x16x16x3.npz")
 
 
@@ -56,14 +57,14 @@ def test_rerun_resumes_a_killed_run(trained, base_samples, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "samples_6x16x16x3.npz").exists()
-    resumed = run_script("image_sample.py", args)
+    resumed = run_script("image_sample.py", args, launcher="main")
     assert "resuming:" in resumed.stdout
     first, again = read_samples(base_samples), read_samples(tmp_path / "samples_6x16x16x3.npz")
     assert np.array_equal(first["arr_1"], again["arr_1"])
     assert np.abs(first["arr_0"].astype(int) - again["arr_0"]).max() <= 1
 
 
-@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
+@pytest.mark.parametrize("launcher", ["main", MPIEXEC])
 def test_classifier_guidance_raises_the_requested_class(trained, tmp_path, launcher):
     probabilities = {}
     for scale in (0, 20):
@@ -78,7 +79,7 @@ def test_classifier_guidance_raises_the_requested_class(trained, tmp_path, launc
     assert probabilities[20] > probabilities[0] + 0.05, probabilities
 
 
-@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
+@pytest.mark.parametrize("launcher", ["main", MPIEXEC])
 def test_super_res_sample_passes_labels_on(trained, base_samples, tmp_path, launcher):
     run_script("super_res_sample.py", ["--model_path", trained["sr"], "--base_samples", base_samples,
                                        "--num_samples", 6, "--batch_size", 2, "--log_dir", tmp_path, *FAST],
@@ -89,7 +90,7 @@ def test_super_res_sample_passes_labels_on(trained, base_samples, tmp_path, laun
     assert (tmp_path / "samples_6x64x64x3.png").exists()
 
 
-@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
+@pytest.mark.parametrize("launcher", ["main", MPIEXEC])
 def test_cascade_sample(trained, tmp_path, launcher):
     run_script("cascade_sample.py", [
         "--base_model_path", trained["model"], "--base_flags", "--timestep_respacing 6",
@@ -105,7 +106,7 @@ def test_cascade_sample(trained, tmp_path, launcher):
     assert (tmp_path / "upsampled" / "samples_3x64x64x3.png").exists()
 
 
-@pytest.mark.parametrize("launcher", ["python", MPIEXEC])
+@pytest.mark.parametrize("launcher", ["main", MPIEXEC])
 def test_image_nll(trained, tmp_path, launcher):
     proc = run_script("image_nll.py", ["--model_path", trained["model"], "--data_dir", trained["images"],
                                        "--num_samples", 4, "--batch_size", 2, "--timestep_respacing", 20,

@@ -19,7 +19,7 @@ from guided_diffusion.rng import SampleRNG
 from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
 from guided_diffusion.sampling import sampler_options, sampling_defaults
 
-from launch import classifier_probability, read_samples, run_main, run_script
+from launch import call_main, classifier_probability, read_samples, run_main
 from tiny import TinyClassifier, TinyNet, make_diffusion
 
 # ----- toy models ---------------------------------------------------------------------------------------------
@@ -356,17 +356,17 @@ SCRIPT_SAMPLERS = {
 @pytest.fixture(scope="module")
 def heun_samples(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("heun")
-    run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 8, "--batch_size", 8,
-                                   "--classes", "0-3", "--log_dir", folder, "--sampler", "heun",
-                                   *SCRIPT_SAMPLERS["heun"]])
+    call_main("image_sample.py", ["--model_path", trained["model"], "--num_samples", 8, "--batch_size", 8,
+                                  "--classes", "0-3", "--log_dir", folder, "--sampler", "heun",
+                                  *SCRIPT_SAMPLERS["heun"]])
     return str(folder / "samples_8x16x16x3.npz")
 
 
 @pytest.mark.parametrize("name", [n for n in SCRIPT_SAMPLERS if n != "heun"])
 def test_image_sample_with_each_sampler(trained, heun_samples, tmp_path, name):
-    run_script("image_sample.py", ["--model_path", trained["model"], "--num_samples", 2, "--batch_size", 2,
-                                   "--classes", "0-3", "--log_dir", tmp_path, "--sampler", name,
-                                   *SCRIPT_SAMPLERS[name]])
+    call_main("image_sample.py", ["--model_path", trained["model"], "--num_samples", 2, "--batch_size", 2,
+                                  "--classes", "0-3", "--log_dir", tmp_path, "--sampler", name,
+                                  *SCRIPT_SAMPLERS[name]])
     out = read_samples(tmp_path / "samples_2x16x16x3.npz")
     heun = read_samples(heun_samples)
     assert out["arr_0"].shape == (2, 16, 16, 3) and out["arr_0"].dtype == np.uint8
@@ -375,10 +375,10 @@ def test_image_sample_with_each_sampler(trained, heun_samples, tmp_path, name):
 
 
 def test_classifier_sample_with_heun_raises_the_requested_class(trained, heun_samples, tmp_path):
-    run_script("classifier_sample.py", ["--model_path", trained["model"], "--classifier_path", trained["classifier"],
-                                        "--classifier_scale", 20, "--num_samples", 8, "--batch_size", 8,
-                                        "--classes", "0-3", "--log_dir", tmp_path, "--sampler", "heun",
-                                        *SCRIPT_SAMPLERS["heun"]])
+    call_main("classifier_sample.py", ["--model_path", trained["model"], "--classifier_path", trained["classifier"],
+                                       "--classifier_scale", 20, "--num_samples", 8, "--batch_size", 8,
+                                       "--classes", "0-3", "--log_dir", tmp_path, "--sampler", "heun",
+                                       *SCRIPT_SAMPLERS["heun"]])
     guided = read_samples(tmp_path / "samples_8x16x16x3.npz")
     unguided = read_samples(heun_samples)
     assert list(guided["arr_1"]) == list(unguided["arr_1"]) == [0, 1, 2, 3] * 2
@@ -386,16 +386,16 @@ def test_classifier_sample_with_heun_raises_the_requested_class(trained, heun_sa
 
 
 def test_super_res_sample_with_dpmpp_2m(trained, heun_samples, tmp_path):
-    run_script("super_res_sample.py", ["--model_path", trained["sr"], "--base_samples", heun_samples,
-                                       "--num_samples", 2, "--batch_size", 2, "--log_dir", tmp_path,
-                                       "--sampler", "dpmpp_2m", *SCRIPT_SAMPLERS["dpmpp_2m"]])
+    call_main("super_res_sample.py", ["--model_path", trained["sr"], "--base_samples", heun_samples,
+                                      "--num_samples", 2, "--batch_size", 2, "--log_dir", tmp_path,
+                                      "--sampler", "dpmpp_2m", *SCRIPT_SAMPLERS["dpmpp_2m"]])
     out = read_samples(tmp_path / "samples_2x64x64x3.npz")
     assert out["arr_0"].shape == (2, 64, 64, 3)
     assert list(out["arr_1"]) == list(read_samples(heun_samples)["arr_1"][:2])
 
 
 def test_cascade_sample_with_edm_stochastic(trained, tmp_path):
-    run_script("cascade_sample.py", [
+    call_main("cascade_sample.py", [
         "--base_model_path", trained["model"], "--classifier_path", trained["classifier"], "--classifier_scale", 2,
         "--sr_model_path", trained["sr"], "--num_samples", 2, "--batch_size", 2, "--log_dir", tmp_path,
         "--sampler", "edm_stochastic", *SCRIPT_SAMPLERS["edm_stochastic"],

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 import torch
 
-from launch import TINY_CLASSIFIER, TINY_MODEL, command, make_image_folder, run_main, run_script, script_env, wait_for
+from launch import (TINY_CLASSIFIER, TINY_MODEL, call_main, command, make_image_folder, run_main, run_script, script_env,
+                    wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,7 @@ def test_classifier_train_under_mpiexec(images, tmp_path):
     assert {"train_loss", "train_acc@1", "train_acc@5", "train_loss_q3", "val_loss", "val_acc@1"} <= set(header)
 
 
+@pytest.mark.mpi
 def test_torchrun_and_super_res_train(images, tmp_path):
     log_dir = str(tmp_path / "sr")
     args = ["--data_dir", images, "--log_dir", log_dir, "--batch_size", "2", "--max_steps", "2",
@@ -119,11 +121,11 @@ def test_sigkill_after_checkpoint_then_auto_resume_is_exact(images, tmp_path):
 
 def test_resume_from_ema_file_keeps_its_step(images, tmp_path):
     log_dir = str(tmp_path / "ema")
-    run_script("image_train.py", _train_args(images, log_dir, "--max_steps", "2"))
+    call_main("image_train.py", _train_args(images, log_dir, "--max_steps", "2"))
     other = str(tmp_path / "from_ema")
-    proc = run_script("image_train.py", _train_args(
+    stdout = call_main("image_train.py", _train_args(
         images, other, "--max_steps", "4", "--resume_checkpoint", os.path.join(log_dir, "ema_0.9999_000002.pt")))
-    assert "at step 2" in proc.stdout
+    assert "at step 2" in stdout
     assert sorted(f for f in os.listdir(other) if f.startswith("model")) == ["model000004.pt"]
 
 
@@ -151,7 +153,7 @@ def test_unprefixed_files_with_class_cond(tmp_path):
 
 def test_resume_with_another_architecture(images, tmp_path):
     log_dir = str(tmp_path / "arch")
-    run_script("image_train.py", _train_args(images, log_dir, "--max_steps", "2"))
+    call_main("image_train.py", _train_args(images, log_dir, "--max_steps", "2"))
     args = _train_args(images, str(tmp_path / "other"), "--resume_checkpoint",
                        os.path.join(log_dir, "model000002.pt"))
     args[args.index("--num_channels") + 1] = "64"
