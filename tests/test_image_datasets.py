@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 import numpy as np
@@ -108,10 +109,12 @@ def test_corrupt_files(tmp_path):
     with pytest.warns(UserWarning, match="skipping cannot read image .*c0_bad.png"):
         image, _ = ImageDataset(8, paths, skip_bad_images=True)[bad]
     assert image.shape == (3, 8, 8)
+    running = set(multiprocessing.active_children())
     data = load_data(data_dir=str(tmp_path), batch_size=4, image_size=8, deterministic=True, num_workers=1)
     with pytest.raises(BadImageError) as info:
         next(data)
     assert str(info.value).startswith("cannot read image") and "c0_bad.png" in str(info.value)
+    assert set(multiprocessing.active_children()) == running  # the loader's worker has stopped
 
 
 def test_load_data_batches_labels_and_resume(tmp_path):
