@@ -127,6 +127,7 @@ def _sampler_worker(rank, port, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.mpi
 def test_loss_aware_sampler_is_synced_across_ranks(tmp_path):
     mp.spawn(_sampler_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
     w0, w1 = np.load(tmp_path / "weights0.npy"), np.load(tmp_path / "weights1.npy")
