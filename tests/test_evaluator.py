@@ -40,7 +40,7 @@ from evaluations.reference import (  # noqa: E402
 )
 
 NUM_IMAGES = 2600  # full-rank 2048-d covariances, for the sqrtm check
-MAIN_IMAGES = 1300  # the first images of each batch, for everything else
+MAIN_IMAGES = 1300  # the main batches, for everything else
 SCRIPT = ROOT / "evaluations" / "evaluator.py"
 
 
@@ -67,26 +67,21 @@ def standin_pb(data_dir):
 
 @pytest.fixture(scope="module")
 def ref_images():
-    return inception_standin.smooth_images(NUM_IMAGES, seed=1)
+    return inception_standin.smooth_images(MAIN_IMAGES, seed=1)
 
 
 @pytest.fixture(scope="module")
 def sample_images():
-    return inception_standin.smooth_images(NUM_IMAGES, seed=2, shift=0.3)
+    return inception_standin.smooth_images(MAIN_IMAGES, seed=2, shift=0.3)
 
 
 @pytest.fixture(scope="module")
-def ref_npz(data_dir, ref_images):
-    path = data_dir / "ref.npz"
-    np.savez(path, ref_images)  # stored members
-    return path
-
-
-@pytest.fixture(scope="module")
-def sample_npz(data_dir, sample_images):
-    path = data_dir / "sample.npz"
-    np.savez(path, sample_images)
-    return path
+def full_rank_npzs(data_dir):
+    """Batches of NUM_IMAGES images (stored members): (reference, sample)."""
+    ref, sample = data_dir / "ref.npz", data_dir / "sample.npz"
+    np.savez(ref, inception_standin.smooth_images(NUM_IMAGES, seed=1))
+    np.savez(sample, inception_standin.smooth_images(NUM_IMAGES, seed=2, shift=0.3))
+    return ref, sample
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +106,18 @@ def features_of(network, images: np.ndarray, softmax: bool, desc: str):
 
 @pytest.fixture(scope="module")
 def ref_features(network, ref_images):
-    return features_of(network, ref_images[:MAIN_IMAGES], softmax=False, desc="reference")
+    return features_of(network, ref_images, softmax=False, desc="reference")
 
 
 @pytest.fixture(scope="module")
 def sample_features(network, sample_images):
-    return features_of(network, sample_images[:MAIN_IMAGES], softmax=True, desc="sample")
+    return features_of(network, sample_images, softmax=True, desc="sample")
 
 
 @pytest.fixture(scope="module")
-def full_rank_features(network, ref_npz, sample_npz):
-    """Features of all NUM_IMAGES images of both batches, streamed from their npz files: (reference, sample)."""
-    ref, sample = NpzImages(str(ref_npz)), NpzImages(str(sample_npz))
+def full_rank_features(network, full_rank_npzs):
+    """Features of the full-rank batches, streamed from their npz files: (reference, sample)."""
+    ref, sample = (NpzImages(str(path)) for path in full_rank_npzs)
     return (network.features(ref.batches(64), ref.count, softmax=False, desc="reference"),
             network.features(sample.batches(64), sample.count, softmax=True, desc="sample"))
 

@@ -84,6 +84,7 @@ def test_torchrun_and_super_res_train(images, tmp_path):
     assert state["input_blocks.0.0.weight"].shape == (32, 6, 3, 3)  # image + upsampled low-res
 
 
+@pytest.mark.slow
 def test_single_process_without_mpi4py(images, tmp_path):
     blocker = tmp_path / "blocker" / "mpi4py"
     blocker.mkdir(parents=True)
