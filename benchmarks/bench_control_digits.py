@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -27,18 +26,17 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 
-from bench_edm_recipes_digits import load_denoiser, trained_steps  # noqa: E402
+from bench_edm_recipes_digits import load_denoiser, sample_digits, trained_steps  # noqa: E402
 from digits_features import real_images  # noqa: E402
 from digits_judge import DigitsJudge  # noqa: E402
-from seed_summary import finish_plot, mean_std  # noqa: E402
+from seed_summary import finish_plot, load_results, mean_std, pass_header  # noqa: E402
 
 from guided_diffusion.checkpoint_flags import checkpoint_args  # noqa: E402
 from guided_diffusion.control import parse_control  # noqa: E402
 from guided_diffusion.fileio import atomic_write  # noqa: E402
 from guided_diffusion.guidance import Guidance  # noqa: E402
-from guided_diffusion.rng import SampleRNG  # noqa: E402
-from guided_diffusion.sample_writer import save_grid, to_uint8  # noqa: E402
-from guided_diffusion.sampler_dispatch import SamplerOptions, run_sigma_sampler  # noqa: E402
+from guided_diffusion.sample_writer import save_grid  # noqa: E402
+from guided_diffusion.sampler_dispatch import SamplerOptions  # noqa: E402
 
 ARMS = {"a": "no control conditioning", "b": "controls summed into the class embedding",
         "c": "separate, gated controls", "d": "separate, gated controls + class attention"}
@@ -51,29 +49,14 @@ def side_ink(images: np.ndarray, threshold: float = 96) -> float:
     return float((np.maximum(gray[:, :, 0].max(1), gray[:, :, -1].max(1)) > threshold).mean())
 
 
-def sample(denoiser, has_control: bool, size: int, seed: int, per_digit: int, batch: int = 120) -> tuple:
-    count = 10 * per_digit
-    labels = torch.arange(count) % 10
-    options = SamplerOptions(sampler="heun", steps=18, clip_denoised=False)
-    guidance = Guidance(cfg_scale=2.0, null_label=10)
-    images = []
-    for start in range(0, count, batch):
-        index = list(range(start, min(start + batch, count)))
-        kwargs = {"y": labels[index]}
-        if has_control:
-            kwargs["control"] = torch.tensor(parse_control(f"size={size}", 16)).expand(len(index), -1)
-        with torch.no_grad():
-            x = run_sigma_sampler(denoiser, (len(index), 3, 16, 16), kwargs,
-                                  SampleRNG([seed * 100000 + i for i in index]), options, guidance)
-        images.append(to_uint8(x))
-    return np.concatenate(images), labels.numpy()
+def sample(denoiser, has_control: bool, size: int, seed: int, per_digit: int) -> tuple:
+    rows = {"control": torch.tensor(parse_control(f"size={size}", 16))} if has_control else None
+    return sample_digits(denoiser, SamplerOptions(sampler="heun", steps=18, clip_denoised=False),
+                         Guidance(cfg_scale=2.0, null_label=10), seed, per_digit, rows)
 
 
 def run(args, judge: DigitsJudge, results_path: str) -> dict:
-    results = {}
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
+    results = load_results(results_path)
     seeds = [int(s) for s in args.seeds.split(",")]
     for arm in ARMS:
         run_dir = os.path.join(args.runs_dir, arm)
@@ -153,8 +136,7 @@ def main() -> None:
     results = run(args, DigitsJudge(verbose=False), os.path.join(args.out_dir, "control_digits.json"))
     seeds = [int(s) for s in args.seeds.split(",")]
     table, rows = report(results, seeds, args.runs_dir)
-    text = (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}; this pass "
-            f"{(time.time() - began) / 60:.1f} min. {10 * args.per_digit} images per run (digits 0-9 cycled), Heun 18 "
+    text = (f"{pass_header(began)} {10 * args.per_digit} images per run (digits 0-9 cycled), Heun 18 "
             f"steps, CFG 2, control: whole image, size 16; seeds {args.seeds}; mean ± std over seeds.\n\n{table}\n")
     atomic_write(os.path.join(args.out_dir, "RESULTS_control_digits.md"), lambda f: f.write(text.encode()))
     plot(rows, os.path.join(args.out_dir, "control_digits.png"))

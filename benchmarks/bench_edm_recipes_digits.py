@@ -18,7 +18,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import sys
 import time
 
@@ -29,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 
 from digits_judge import DigitsJudge  # noqa: E402
-from seed_summary import finish_plot, mean_std  # noqa: E402
+from seed_summary import finish_plot, load_results, mean_std, pass_header  # noqa: E402
 
 from guided_diffusion import edm_util  # noqa: E402
 from guided_diffusion.checkpoint_flags import checkpoint_args  # noqa: E402
@@ -74,26 +73,30 @@ def checkpoints(runs_dir: str, arm: str, sigma_rels: list[float]) -> dict[str, s
     return out
 
 
-def sample(denoiser, sigma_space: bool, cfg: float, seed: int, per_digit: int, batch: int = 120) -> tuple:
+def sample_digits(denoiser, options: SamplerOptions, guidance: Guidance, seed: int, per_digit: int,
+                  rows: dict[str, torch.Tensor] | None = None, batch: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """10 * per_digit 16x16 images asking for digits 0-9 in turn, sample i from seed * 100000 + i; `rows`: more
+    conditioning, one row shared by every sample. Returns (uint8 NHWC images, labels)."""
     count = 10 * per_digit
     labels = torch.arange(count) % 10
-    options = SamplerOptions(sampler="heun", steps=18, clip_denoised=not sigma_space)
-    guidance = Guidance(cfg_scale=cfg, null_label=10)
     images = []
     for start in range(0, count, batch):
         index = list(range(start, min(start + batch, count)))
-        rng = SampleRNG([seed * 100000 + i for i in index])
+        kwargs = {"y": labels[index], **{k: v.expand(len(index), -1) for k, v in (rows or {}).items()}}
         with torch.no_grad():
-            x = run_sigma_sampler(denoiser, (len(index), 3, 16, 16), {"y": labels[index]}, rng, options, guidance)
+            x = run_sigma_sampler(denoiser, (len(index), 3, 16, 16), kwargs,
+                                  SampleRNG([seed * 100000 + i for i in index]), options, guidance)
         images.append(to_uint8(x))
     return np.concatenate(images), labels.numpy()
 
 
+def sample(denoiser, sigma_space: bool, cfg: float, seed: int, per_digit: int) -> tuple:
+    options = SamplerOptions(sampler="heun", steps=18, clip_denoised=not sigma_space)
+    return sample_digits(denoiser, options, Guidance(cfg_scale=cfg, null_label=10), seed, per_digit)
+
+
 def run(args, judge: DigitsJudge, results_path: str) -> dict:
-    results = {}
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
+    results = load_results(results_path)
     seeds = [int(s) for s in args.seeds.split(",")]
     sigma_rels = [float(s) for s in args.sigma_rels.split(",")]
     for arm in ARMS:
@@ -198,8 +201,7 @@ def main() -> None:
     results = run(args, DigitsJudge(verbose=False), os.path.join(args.out_dir, "edm_recipes_digits.json"))
     rows = summary(results, [int(s) for s in args.seeds.split(",")])
     steps = {arm: trained_steps(os.path.join(args.runs_dir, arm)) for arm in ARMS}
-    text = (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}; this pass "
-            f"{(time.time() - began) / 60:.1f} min. {10 * args.per_digit} images per run (digits 0-9 cycled), "
+    text = (f"{pass_header(began)} {10 * args.per_digit} images per run (digits 0-9 cycled), "
             f"Heun 18 steps (35 evaluations; CFG doubles the batch), seeds {args.seeds}; mean ± std over seeds.\n\n"
             f"{tables(rows, steps)}\n")
     atomic_write(os.path.join(args.out_dir, "RESULTS_edm_recipes_digits.md"), lambda f: f.write(text.encode()))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -28,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 
 from digits_judge import DigitsJudge  # noqa: E402
-from seed_summary import finish_plot, mean_std  # noqa: E402
+from seed_summary import finish_plot, load_results, mean_std, pass_header  # noqa: E402
 
 from guided_diffusion.checkpoint_flags import checkpoint_args  # noqa: E402
 from guided_diffusion.denoiser import Denoiser  # noqa: E402
@@ -166,10 +165,7 @@ def slug(name: str) -> str:
 
 def run(bench: Bench, judge: DigitsJudge, seeds: list[int], results_path: str, out_dir: str) -> dict:
     """Every run on every seed, resuming from results_path; returns {run name: {per_seed: [...]}}."""
-    results = {}
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
+    results = load_results(results_path)
     for name, method, flags in RUNS:
         row = results.setdefault(name, {"method": method, "flags": flags, "per_seed": {}})
         row["passes"] = bench.passes(flags)
@@ -256,8 +252,7 @@ def main() -> None:
     results = run(Bench(args), DigitsJudge(verbose=False), seeds,
                   os.path.join(args.out_dir, "guidance_digits.json"), args.out_dir)
     rows = summary(results, seeds)
-    text = (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}; this pass "
-            f"{(time.time() - began) / 60:.1f} min. {10 * args.per_digit} images per run (digits 0-9 cycled), "
+    text = (f"{pass_header(began)} {10 * args.per_digit} images per run (digits 0-9 cycled), "
             f"Heun 18 steps (35 evaluations of the main model), seeds {args.seeds}; mean ± std over seeds.\n\n"
             f"{table(rows)}\n")
     atomic_write(os.path.join(args.out_dir, "RESULTS_guidance_digits.md"), lambda f: f.write(text.encode()))

@@ -8,8 +8,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import time
 
 import numpy as np
+
+
+def load_results(path: str) -> dict:
+    """The results a benchmark saved so far (empty on the first pass), so a rerun resumes."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def pass_header(began: float) -> str:
+    """The machine, torch and this pass's minutes: the first sentence of a RESULTS file."""
+    import torch
+
+    return (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}; this pass "
+            f"{(time.time() - began) / 60:.1f} min.")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
