@@ -48,6 +48,12 @@ fi
 if [ -n "$steps_override" ]; then train_steps=$steps_override; classifier_steps=$steps_override; fi
 
 source scripts/launcher.sh
+
+judge() {  # the samples named in "${pairs[@]}" against the real digits; $1: the table's first column
+  echo "quickstart: judging the samples against the real digits"
+  $py datasets/digits_judge.py --out_dir "$out/judge" --column "$1" --plot "$out/judge/tradeoff.png" "${pairs[@]}"
+  echo "quickstart: grids in $out/judge/grid_*.png, plot in $out/judge/tradeoff.png, numbers in $out/judge/results.json"
+}
 echo "quickstart: output in $out, launching with: ${launch[*]}"
 
 $py datasets/digits.py --out_dir "$out/digits" --image_size 16 --split train
@@ -74,10 +80,7 @@ if [ "$recipe" = edm2 ]; then
       --log_dir "$out/samples_cfg$scale" --progress False
     pairs+=("$scale=$(printf '%s/samples_cfg%s/samples_%dx16x16x3.npz' "$out" "$scale" $((10 * per_digit)))")
   done
-  echo "quickstart: judging the samples against the real digits"
-  $py datasets/digits_judge.py --out_dir "$out/judge" --column "CFG scale" --plot "$out/judge/tradeoff.png" \
-    "${pairs[@]}"
-  echo "quickstart: grids in $out/judge/grid_*.png, plot in $out/judge/tradeoff.png, numbers in $out/judge/results.json"
+  judge "CFG scale"
   exit 0
 fi
 
@@ -105,7 +108,4 @@ for scale in $scales; do
   pairs+=("$scale=$(printf '%s/samples_scale%s/samples_%dx16x16x3.npz' "$out" "$scale" $((10 * per_digit)))")
 done
 
-echo "quickstart: judging the samples against the real digits"
-$py datasets/digits_judge.py --out_dir "$out/judge" --column "guidance scale" --plot "$out/judge/tradeoff.png" \
-  "${pairs[@]}"
-echo "quickstart: grids in $out/judge/grid_*.png, plot in $out/judge/tradeoff.png, numbers in $out/judge/results.json"
+judge "guidance scale"
