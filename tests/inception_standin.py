@@ -70,3 +70,11 @@ def smooth_images(count: int, size: int = 64, seed: int = 0, shift: float = 0.0)
     pixels += np.repeat(np.repeat(coarse, rep, axis=1), rep, axis=2)[:, :size, :size]
     pixels *= 255.0
     return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
+
+
+if __name__ == "__main__":  # python tests/inception_standin.py OUT.pb: the stand-in graph, for offline checks
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/inception_standin.py OUT.pb")
+    print(f"wrote the stand-in Inception graph (random weights; its numbers mean nothing) to {write_graph(sys.argv[1])}")

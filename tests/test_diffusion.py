@@ -78,6 +78,11 @@ def _classifier_grad(classifier, scale):
     return cond_fn
 
 
+# The guided "7,3" sample starts at t = T-1 of a 10-step schedule, where a DDIM step amplifies float32 rounding about
+# 2e4 times: 1.19e-3 was measured on both Intel and AMD CPUs with some of ATen's kernels (fixtures/reference/README.md).
+SAMPLE_TOLERANCE = {"small_ddim_7-3_scale3": 2.5e-3}
+
+
 @pytest.mark.parametrize("name", ["small_ddim_ddim10_scale0", "small_ddim_ddim10_scale3", "small_ddim_7-3_scale3"])
 def test_golden_guided_ddim_samples(name, golden_unet, golden_classifier):
     model, _, _, args = golden_unet
@@ -90,7 +95,7 @@ def test_golden_guided_ddim_samples(name, golden_unet, golden_classifier):
         model, tuple(x_T.shape), noise=x_T, clip_denoised=True, model_kwargs={"y": torch.from_numpy(s["y"])},
         cond_fn=_classifier_grad(golden_classifier, scale) if scale else None, eta=0.0,
     )
-    assert np.abs(sample.numpy() - s["sample"]).max() <= 1e-3
+    assert np.abs(sample.numpy() - s["sample"]).max() <= SAMPLE_TOLERANCE.get(name, 1e-3)
 
 
 # ----- a tiny model and process for property tests -----------------------------------------------------------
