@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh Debian/Ubuntu machine, idempotently:
 # Open MPI (apt, when mpiexec is missing and we may install), a virtual environment at .venv with
-# torch, the project (editable) and its extras: mpi4py, tensorflow-cpu for the evaluator, test tools.
+# torch, the project (editable) and its extras: mpi4py, diffusers for the latent encoder, tensorflow-cpu for the
+# evaluator, test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,7 +29,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch"
   pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
-extras="eval,dev"
+extras="latent,eval,dev"
 command -v mpiexec >/dev/null 2>&1 && extras="mpi,$extras"
 echo "setup: installing the project with [$extras]"
 pip install -q -e ".[$extras]"

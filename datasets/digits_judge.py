@@ -39,7 +39,15 @@ from digits import load_digit_arrays  # noqa: E402
 from digits_features import image_features, load_feature_net, real_images  # noqa: E402
 
 from evaluations.distances import NumpyDistances  # noqa: E402
-from evaluations.metrics import NEIGHBOURHOOD, feature_statistics, frechet_distance, precision_recall, reference_radii  # noqa: E402
+from evaluations.inception_file import default_cache_dir  # noqa: E402
+from evaluations.metrics import (  # noqa: E402
+    NEIGHBOURHOOD,
+    covariance_problem,
+    feature_statistics,
+    frechet_distance,
+    precision_recall,
+    reference_radii,
+)
 from guided_diffusion.fileio import atomic_write  # noqa: E402
 
 PRESENT_SHARE = 0.01  # a digit counts as present when at least this share of a set reads as it
@@ -79,6 +87,11 @@ class DigitsJudge:
         real, _ = real_images("test")
         self.ref_features = image_features(self.net, real, "the test split")
         self.ref_stats = feature_statistics(self.ref_features)
+        problem = covariance_problem(*self.ref_stats)
+        if problem:  # e.g. a damaged cached network: refuse rather than print FD nan or a negative FD
+            folder = os.path.join(cache or default_cache_dir(), "digits_features")
+            raise ValueError(f"the digits feature network cached in {folder} gives unusable test-split statistics: "
+                             f"{problem}; delete the folder to retrain it")
         self.ref_radii = reference_radii(self.ref_features, self.kernels)
 
     def read_digits(self, samples: np.ndarray) -> np.ndarray:
@@ -95,9 +108,13 @@ class DigitsJudge:
         share = np.bincount(read, minlength=10) / len(read)
         nonzero = share[share > 0]
         precision, recall = precision_recall(self.ref_features, features, self.kernels, ref_radii=self.ref_radii)
+        try:
+            fd = frechet_distance(*feature_statistics(features), *self.ref_stats)
+        except ValueError as err:
+            raise ValueError(f"{source}: cannot compute FD ({err})") from None
         return {
             "recognized": None if requested is None else float(np.mean(read == requested)),
-            "fd": frechet_distance(*feature_statistics(features), *self.ref_stats),
+            "fd": fd,
             "precision": precision,
             "recall": recall,
             "classes_present": int((share >= PRESENT_SHARE).sum()),

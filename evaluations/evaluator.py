@@ -1,12 +1,15 @@
-"""Inception Score, FID, sFID, precision and recall of a sample batch against a reference batch.
+"""Inception Score, FID, sFID, precision and recall (and EDM2's FD_DINOv2) of a sample batch against a reference.
 
 Run from the project root:
 
     python evaluations/evaluator.py REF.npz SAMPLE.npz [--json metrics.json]
     python evaluations/evaluator.py --ref_stats_out MY_REF.npz IMAGES.npz|IMAGE_FOLDER
+    python evaluations/evaluator.py --metrics fid,fd_dinov2 REF.pkl SAMPLE.npz|IMAGE_FOLDER
+    python evaluations/evaluator.py --ref_stats_out MY_REF.pkl --metrics fd_dinov2 IMAGES.npz|IMAGE_FOLDER
 
 Same graph, tensors and metric definitions as guided-diffusion's ``evaluations/evaluator.py``,
-with streamed npz reading, one feature pass per batch and eigenvalue-based Fréchet distances.
+with streamed npz reading, one feature pass per batch and eigenvalue-based Fréchet distances;
+FD_DINOv2 and the ``.pkl`` statistics as NVlabs' EDM2 ``calculate_metrics.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: put the project root (evaluati
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluations.distances import Float16FirstDistances, PairwiseDistances
+from evaluations.edm2_metrics import RESIZE_MODES, dinov2_network, dinov2_statistics, fd, reference_statistics_file
 from evaluations.errors import EvaluatorError
 from evaluations.image_folder import FolderImages
 from evaluations.inception import InceptionNetwork
@@ -33,6 +37,7 @@ from evaluations.metrics import (
     precision_recall,
 )
 from evaluations.npz_io import CONVERSION, NpzImages, ReferenceFile, read_reference
+from evaluations.stats_files import STATS_METRICS, Stats, write_edm2_pkl
 from evaluations.reference import (
     Images,
     cached_reference_radii,
@@ -48,7 +53,11 @@ RESULTS = (
     ("sfid", "sFID"),
     ("precision", "Precision"),
     ("recall", "Recall"),
+    ("fd_dinov2", "FD_DINOv2"),
 )
+METRICS = ("is", "fid", "sfid", "pr", "fd_dinov2")  # --metrics names
+ADM_SUITE = ("is", "fid", "sfid", "pr")
+INCEPTION_METRICS = frozenset(ADM_SUITE)
 PR_PURPOSE = f"precision/recall (k={NEIGHBOURHOOD} nearest neighbours)"
 DISTANCE_KERNELS = {"float32": PairwiseDistances, "float16": Float16FirstDistances}
 
@@ -74,41 +83,97 @@ def load_network(args: argparse.Namespace) -> tuple[InceptionGraph, InceptionNet
     return graph, InceptionNetwork(graph.graph_def, graph.source)
 
 
+def _needs_reference_batch(metrics: tuple[str, ...], ref_path: str, stats: Stats) -> None:
+    """Refuse metrics that a statistics-only reference cannot give."""
+    missing = [m for m in metrics if m in ("sfid", "pr") or (m in STATS_METRICS and m not in stats)]
+    if missing:
+        held = ", ".join(stats)
+        raise EvaluatorError(
+            f"{ref_path}: holds only {held} statistics; --metrics {','.join(missing)} needs a reference with "
+            f"{'those statistics or ' if set(missing) <= set(STATS_METRICS) else ''}images (an ADM .npz batch or an "
+            "image folder)"
+        )
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, float | str]:
-    """The five metrics of ``args.sample_batch`` against ``args.ref_batch``, and the k-NN distance precision."""
-    ref = open_images(args.ref_batch, args.image_size)
+    """The chosen metrics of ``args.sample_batch`` against ``args.ref_batch`` (and the k-NN distance precision
+    when precision/recall are among them)."""
+    metrics = args.metrics
+    ref_stats_file = reference_statistics_file(args.ref_batch)
+    if ref_stats_file is not None:
+        if args.image_size is not None:
+            raise EvaluatorError(f"{args.ref_batch}: --image_size applies to image folders only")
+        _needs_reference_batch(metrics, args.ref_batch, ref_stats_file)
+    ref = None if ref_stats_file is not None else open_images(args.ref_batch, args.image_size)
     sample = open_images(args.sample_batch, args.image_size)
     for images in (ref, sample):
-        check_count(images, 2, "FID statistics")
-        check_count(images, NEIGHBOURHOOD + 1, PR_PURPOSE)
+        if images is not None:
+            check_count(images, 2, "FID statistics")
+            if "pr" in metrics:
+                check_count(images, NEIGHBOURHOOD + 1, PR_PURPOSE)
+    results: dict[str, float | str] = {}
+    if INCEPTION_METRICS & set(metrics):
+        results.update(inception_metrics(args, ref, ref_stats_file, sample))
+    if "fd_dinov2" in metrics:
+        network = dinov2_network(args)
+        ref_stats = ref_stats_file["fd_dinov2"] if ref_stats_file else None
+        if ref_stats is not None and ref_stats[0].shape != (network.dim,):
+            raise EvaluatorError(f"{args.ref_batch}: fd_dinov2 mu has {ref_stats[0].shape[0]} dimensions, the "
+                                 f"DINOv2 features have {network.dim}")
+        if ref_stats is None:
+            ref_stats = dinov2_statistics(network, ref, args.batch_size, "reference")
+        sample_stats = dinov2_statistics(network, sample, args.batch_size, "sample")
+        results["fd_dinov2"] = fd("FD_DINOv2", sample_stats, ref_stats, sample.path, args.ref_batch)
+    return results
+
+
+def inception_metrics(
+    args: argparse.Namespace, ref: Images | None, ref_stats_file: Stats | None, sample: Images
+) -> dict[str, float | str]:
+    """The ADM-suite metrics among ``args.metrics``; ``ref`` None when the reference is ``ref_stats_file``."""
+    metrics = args.metrics
     reference = read_reference(ref.path) if isinstance(ref, NpzImages) else ReferenceFile()
     graph, network = load_network(args)
 
-    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    ref_features = reference_features(ref, reference, network, graph, args.batch_size, cache_dir)
-    ref_stats = ref_features.stats
+    ref_features = None
+    if ref is not None and {"fid", "sfid", "pr"} & set(metrics):
+        cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        ref_features = reference_features(ref, reference, network, graph, args.batch_size, cache_dir)
     print("computing sample batch activations...")
-    sample_features = network.features(sample.batches(args.batch_size), sample.count, softmax=True, desc="sample")
+    sample_features = network.features(
+        sample.batches(args.batch_size), sample.count, softmax="is" in metrics, desc="sample"
+    )
 
     print("computing evaluations...")
-    fids = {}
+    results: dict[str, float | str] = {}
+    if "is" in metrics:
+        results["inception_score"] = inception_score(sample_features.softmax)
     for name, key, features in (("fid", "", sample_features.pool), ("sfid", "_s", sample_features.spatial)):
+        if name not in metrics:
+            continue
+        if ref_features is None:  # a statistics file (only FID statistics are possible there)
+            ref_mu, ref_sigma = ref_stats_file["fid"]
+        else:
+            ref_mu, ref_sigma = ref_features.stats[f"mu{key}"], ref_features.stats[f"sigma{key}"]
         mu, sigma = feature_statistics(features)
-        if ref_stats[f"mu{key}"].shape != mu.shape:
+        if ref_mu.shape != mu.shape:
             raise EvaluatorError(
-                f"{ref.path}: mu{key} has {ref_stats[f'mu{key}'].shape[0]} dimensions, the features have {mu.shape[0]}"
+                f"{args.ref_batch}: mu{key} has {ref_mu.shape[0]} dimensions, the features have {mu.shape[0]}"
             )
-        fids[name] = frechet_distance(mu, sigma, ref_stats[f"mu{key}"], ref_stats[f"sigma{key}"])
-    kernels = DISTANCE_KERNELS[args.distance_precision]()
-    ref_radii = cached_reference_radii(ref_features, kernels, args.distance_precision)
-    precision, recall = precision_recall(ref_features.acts[0], sample_features.pool, kernels, ref_radii=ref_radii)
-    return {
-        "inception_score": inception_score(sample_features.softmax),
-        **fids,
-        "precision": precision,
-        "recall": recall,
-        "distance_precision": args.distance_precision,
-    }
+        try:
+            results[name] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
+        except ValueError as err:  # e.g. non-finite features from a broken graph
+            raise EvaluatorError(
+                f"{sample.path} against {args.ref_batch}: cannot compute {name.upper()} ({err})"
+            ) from None
+    if "pr" in metrics:
+        kernels = DISTANCE_KERNELS[args.distance_precision]()
+        ref_radii = cached_reference_radii(ref_features, kernels, args.distance_precision)
+        precision, recall = precision_recall(
+            ref_features.acts[0], sample_features.pool, kernels, ref_radii=ref_radii
+        )
+        results.update(precision=precision, recall=recall, distance_precision=args.distance_precision)
+    return results
 
 
 def build_reference(args: argparse.Namespace) -> None:
@@ -126,11 +191,55 @@ def build_reference(args: argparse.Namespace) -> None:
     print(f"wrote {args.ref_stats_out}: statistics of {images.count} images, {len(keep)} images for precision/recall")
 
 
+def build_edm2_statistics(args: argparse.Namespace) -> None:
+    """Write ``args.ref_stats_out`` as EDM2's ``.pkl``: FID (Inception pool_3) and/or FD_DINOv2 statistics of all
+    images of ``args.ref_batch``, as ``args.metrics`` says."""
+    images = open_images(args.ref_batch, args.image_size)
+    check_count(images, 2, "FID statistics")
+    stats: Stats = {}
+    if "fid" in args.metrics:
+        _, network = load_network(args)
+        print("computing reference batch activations...")
+        features = network.features(images.batches(args.batch_size), images.count, softmax=False, desc="reference")
+        stats["fid"] = feature_statistics(features.pool)
+    if "fd_dinov2" in args.metrics:
+        stats["fd_dinov2"] = dinov2_statistics(dinov2_network(args), images, args.batch_size, "reference")
+    write_edm2_pkl(args.ref_stats_out, stats, images.count)
+    print(f"wrote {args.ref_stats_out}: {', '.join(stats)} statistics of {images.count} images")
+
+
+def check_ref_stats_out(args: argparse.Namespace) -> None:
+    """Refuse a ``--ref_stats_out`` that is neither an ADM ``.npz`` nor an EDM2 ``.pkl``, or metrics it cannot
+    hold."""
+    out, extension = args.ref_stats_out, os.path.splitext(args.ref_stats_out)[1].lower()
+    if extension == ".pkl":
+        other = [m for m in args.metrics if m not in STATS_METRICS]
+        if other:
+            raise EvaluatorError(f"--ref_stats_out {out}: an EDM2 .pkl holds fid and fd_dinov2 statistics only, "
+                                 f"not {','.join(other)}; use a .npz for the ADM suite")
+    elif extension == ".npz":
+        if "fd_dinov2" in args.metrics:
+            raise EvaluatorError(f"--ref_stats_out {out}: FD_DINOv2 statistics are written to an EDM2 .pkl, not "
+                                 "an ADM reference .npz")
+    else:
+        raise EvaluatorError(f"--ref_stats_out {out}: expected a .npz (ADM reference batch) or .pkl (EDM2 "
+                             "statistics) file name")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric {','.join(unknown) or repr(text)}; choose from "
+                                         f"{', '.join(METRICS)}")
+    return names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -144,10 +253,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "ref_batch",
         help="reference: .npz with images in arr_0 (and optionally precomputed mu, sigma, mu_s, sigma_s), "
-        "or a folder of .png/.jpg images",
+        "a folder of .png/.jpg images, EDM2's statistics .pkl (fid, fd_dinov2) or EDM's statistics .npz (mu, "
+        "sigma: FID only)",
     )
     parser.add_argument("sample_batch", nargs="?", help="samples: .npz with images in arr_0, or an image folder")
     parser.add_argument("--json", metavar="PATH", help="also write the metrics to PATH as JSON")
+    parser.add_argument(
+        "--metrics",
+        type=_metric_list,
+        metavar="LIST",
+        help=f"comma-separated metrics among {', '.join(METRICS)} (is: Inception Score, pr: precision and recall, "
+        "fd_dinov2: EDM2's Frechet distance of DINOv2 ViT-L/14 features); default: is,fid,sfid,pr, or fid,fd_dinov2 "
+        "with --ref_stats_out X.pkl",
+    )
+    parser.add_argument(
+        "--dinov2_resize",
+        choices=RESIZE_MODES,
+        default="torch",
+        help="FD_DINOv2 resize to 224x224, as EDM2's: torch (default, bicubic with antialias) or pil (PIL bicubic, "
+        "as dgm-eval)",
+    )
+    parser.add_argument(
+        "--dinov2_weights",
+        metavar="PTH",
+        help="state dict of the official dinov2_vitl14 to use (no download); by default "
+        "dinov2_vitl14_pretrain.pth is downloaded once into the cache dir",
+    )
     parser.add_argument("--inception_path", metavar="PB", help="frozen Inception GraphDef to use (no download)")
     parser.add_argument("--inception_url", default=INCEPTION_URL, help="where to download the graph from")
     parser.add_argument(
@@ -175,10 +306,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ref_stats_out",
-        metavar="OUT.npz",
-        help="instead of evaluating, build a reference from REF_BATCH: mu, sigma, mu_s, sigma_s of all its "
-        "images plus up to --ref_max_images of them (a fixed random subset) as arr_0 for precision/recall, "
-        "with their activations (acts, acts_spatial) so that evaluating against it needs no reference pass",
+        metavar="OUT.npz|OUT.pkl",
+        help="instead of evaluating, build a reference from REF_BATCH. OUT.npz: mu, sigma, mu_s, sigma_s of all "
+        "its images plus up to --ref_max_images of them (a fixed random subset) as arr_0 for precision/recall, "
+        "with their activations (acts, acts_spatial) so that evaluating against it needs no reference pass. "
+        "OUT.pkl: EDM2's statistics file with the fid and/or fd_dinov2 statistics that --metrics names",
     )
     parser.add_argument("--ref_max_images", type=_positive_int, default=10000, help="images kept in arr_0")
     parser.add_argument(
@@ -194,6 +326,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--ref_stats_out builds a reference from one input; drop the sample batch")
     if args.ref_max_images <= NEIGHBOURHOOD:
         parser.error(f"--ref_max_images must exceed {NEIGHBOURHOOD} for {PR_PURPOSE}")
+    if args.metrics is None:
+        edm2_out = args.ref_stats_out is not None and args.ref_stats_out.lower().endswith(".pkl")
+        args.metrics = STATS_METRICS if edm2_out else ADM_SUITE
     return args
 
 
@@ -203,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later, on first use
     try:
         if args.ref_stats_out is not None:
-            build_reference(args)
+            check_ref_stats_out(args)
+            if args.ref_stats_out.lower().endswith(".pkl"):
+                build_edm2_statistics(args)
+            else:
+                build_reference(args)
             return 0
         results = evaluate(args)
         if args.json:
@@ -216,16 +355,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluator.py: error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
-        if err.name != "tensorflow":
+        if err.name not in ("tensorflow", "torch"):
             raise
         message = "TensorFlow is required: pip install tensorflow-cpu (or tensorflow)"
+        if err.name == "torch":
+            message = "PyTorch is required for fd_dinov2: pip install torch"
         print(f"evaluator.py: error: {message}", file=sys.stderr)
         return 2
-    if args.distance_precision != "float16":
+    if "pr" in args.metrics and args.distance_precision != "float16":
         print(f"Precision and recall use exact {args.distance_precision} k-NN distances "
               f"(--distance_precision {args.distance_precision}), not the original evaluator's float16 rule")
     for key, label in RESULTS:
-        print(f"{label}:", results[key])
+        if key in results:
+            print(f"{label}:", results[key])
     return 0
 
 

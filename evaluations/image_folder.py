@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from evaluations.errors import EvaluatorError
+from guided_diffusion.image_modes import to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -70,7 +71,7 @@ class FolderImages:
 
         try:
             with Image.open(file) as image:
-                rgb = image.convert("RGB")
+                rgb = to_rgb(image)  # 16-bit grayscale scaled to 8 bits, not clipped to white
         except OSError as err:
             raise EvaluatorError(f"{file}: cannot read image ({err})") from None
         return center_crop(rgb, self.image_size) if self.image_size else np.asarray(rgb)

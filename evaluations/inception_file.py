@@ -24,6 +24,30 @@ FILE_NAME = "classify_image_graph_def.pb"
 # only checked by parsing them and looking for the nodes the evaluator needs.
 KNOWN_DIGESTS = {INCEPTION_URL: (95_673_916, "e6bb154e85f5d4331c22abcddb5dcf31")}
 REQUIRED_NODES = ("ExpandDims", "pool_3", "mixed_6/conv", "softmax/logits/MatMul")
+# The op types a graph may contain; any other op (WriteFile, ReadFile, PyFunc, Save, a call of a
+# graph function, ...) is refused before TensorFlow imports or runs the graph, since a GraphDef is a
+# program and --inception_path / --inception_url accept any file.  The list is the op types of
+# TensorFlow's Inception 2015 graph (classify_image_graph_def.pb): Const (weights, shapes and the
+# DecodeJpeg/contents input), DecodeJpeg, Cast, ExpandDims, ResizeBilinear, Sub and Mul (the 299x299
+# resize and the (x - 128) / 128 scaling), Conv2D, BatchNormWithGlobalNormalization and Relu (every
+# conv block), MaxPool and AvgPool (pool, pool_1, the towers, pool_3), Concat (each mixed block's
+# join), Reshape (pool_3/_reshape), MatMul, BiasAdd and Softmax (softmax/logits, softmax); plus the
+# same computation as a newer TensorFlow writes it (ConcatV2, Add, AddV2, Identity, FusedBatchNorm,
+# FusedBatchNormV3) and Placeholder, the input of the stand-in graph the tests build
+# (tests/inception_standin.py).  All of them are pure tensor arithmetic on their inputs.  TensorFlow's
+# summarize_graph lists the real graph's op types (INCEPTION_OP_TYPES, its documentation's example output):
+# they include CheckNumerics, which only raises an error on NaN or infinite values.
+INCEPTION_OP_TYPES = (
+    "Const", "CheckNumerics", "Identity", "BatchNormWithGlobalNormalization", "Conv2D", "Relu", "Concat",
+    "AvgPool", "MaxPool", "Sub", "Softmax", "ResizeBilinear", "Reshape", "Mul", "MatMul", "ExpandDims",
+    "DecodeJpeg", "Cast", "BiasAdd",
+)
+ALLOWED_OPS = frozenset(INCEPTION_OP_TYPES) | frozenset({
+    "Const", "Placeholder", "Identity", "DecodeJpeg", "Cast", "ExpandDims", "ResizeBilinear",
+    "Sub", "Mul", "Add", "AddV2", "BiasAdd", "Conv2D", "BatchNormWithGlobalNormalization",
+    "FusedBatchNorm", "FusedBatchNormV3", "Relu", "MaxPool", "AvgPool", "Concat", "ConcatV2",
+    "Reshape", "MatMul", "Softmax",
+})
 
 
 class InceptionGraph(NamedTuple):
@@ -46,22 +70,44 @@ def default_cache_dir() -> Path:
     return Path(base) / "guided_diffusion"
 
 
-def parse_graph_def(path: Path, data: bytes) -> Any:
-    """Parse ``data`` as a ``GraphDef`` that has the Inception nodes, or raise an error naming ``path``."""
+def check_ops(label: str, graph_def: Any) -> None:
+    """Refuse a graph with an op outside ``ALLOWED_OPS`` or with graph functions (which could hide any op).
+
+    Runs before the graph is imported, so that nothing of a refused file is ever executed; ``label``
+    names the file in the error (e.g. ``--inception_path FILE``).
+    """
+    if graph_def.library.function:
+        name = graph_def.library.function[0].signature.name
+        raise EvaluatorError(
+            f"{label}: the graph defines function {name}, which the Inception graph does not use; refusing to run it"
+        )
+    for node in graph_def.node:
+        if node.op not in ALLOWED_OPS:
+            raise EvaluatorError(
+                f"{label}: the graph contains op {node.op} (node {node.name}), which the Inception graph does "
+                "not use; refusing to run it"
+            )
+
+
+def parse_graph_def(path: Path, data: bytes, label: str | None = None) -> Any:
+    """Parse ``data`` as a ``GraphDef`` that has the Inception nodes and only its op types, or raise an
+    error naming ``label`` (default: ``path``)."""
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 
+    label = label or str(path)
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)
     except DecodeError as err:
-        raise EvaluatorError(f"{path}: corrupt or truncated Inception file (not a GraphDef: {err})") from None
+        raise EvaluatorError(f"{label}: corrupt or truncated Inception file (not a GraphDef: {err})") from None
     names = {node.name for node in graph_def.node}
     missing = [name for name in REQUIRED_NODES if name not in names]
     if missing:
         raise EvaluatorError(
-            f"{path}: corrupt, truncated or not the Inception graph (missing nodes: {', '.join(missing)})"
+            f"{label}: corrupt, truncated or not the Inception graph (missing nodes: {', '.join(missing)})"
         )
+    check_ops(label, graph_def)
     return graph_def
 
 
@@ -107,7 +153,7 @@ def load_graph(path: str | None = None, url: str = INCEPTION_URL, cache_dir: str
             data = Path(path).read_bytes()
         except OSError as err:
             raise EvaluatorError(f"{path}: cannot read Inception file ({err.strerror})") from None
-        return _graph(Path(path), data, parse_graph_def(Path(path), data))
+        return _graph(Path(path), data, parse_graph_def(Path(path), data, f"--inception_path {path}"))
     target = (Path(cache_dir) if cache_dir else default_cache_dir()) / FILE_NAME
     if target.exists():
         data = target.read_bytes()

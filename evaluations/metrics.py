@@ -40,6 +40,44 @@ def feature_statistics(features: np.ndarray, chunk: int = 8192) -> tuple[np.ndar
     return mean, cov / (len(features) - 1)
 
 
+def covariance_problem(mu: np.ndarray, sigma: np.ndarray, names: tuple[str, str] = ("mu", "sigma")) -> str | None:
+    """Why ``mu``/``sigma`` cannot be the mean and covariance of some features, or None when they can.
+
+    A covariance is a finite, symmetric, positive semi-definite ``[D, D]`` matrix for a ``[D]`` mean; anything
+    else makes the Fréchet distance meaningless (negative, NaN) or crashes its linear algebra.  Rounding is
+    allowed for: asymmetry up to 1e-4 of the largest variance, and eigenvalues down to ``-D * eps(float32)``
+    times it (a covariance stored in float32), checked by one Cholesky factorization of ``sigma`` shifted by
+    that much.  ``names`` are the two arrays' names in the message.
+    """
+    mean, cov = names
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        return f"{mean} has shape {mu.shape} and {cov} {sigma.shape}; expected (D,) and (D, D)"
+    for name, values in ((mean, mu), (cov, sigma)):
+        if not np.isfinite(values).all():
+            return f"{name} holds NaN or infinite values"
+    variances = np.diag(sigma)
+    if len(variances) == 0:
+        return f"{cov} is empty"
+    lowest = int(np.argmin(variances))
+    if variances[lowest] < 0:
+        return f"{cov} is not a covariance matrix: negative variance {variances[lowest]:.4g} at [{lowest}, {lowest}]"
+    scale = float(variances.max())
+    asymmetry = float(np.abs(sigma - sigma.T).max())
+    if asymmetry > 1e-4 * scale:
+        return f"{cov} is not a covariance matrix: not symmetric (entries differ from their transpose by up to " \
+               f"{asymmetry:.4g}, the largest variance is {scale:.4g})"
+    if scale == 0:  # zero variances: a covariance is then all zeros (symmetric here, so the diagonal suffices)
+        return None
+    shift = len(variances) * np.finfo(np.float32).eps * scale
+    try:
+        linalg.cholesky(sigma + shift * np.eye(len(variances)), lower=True, check_finite=False)
+    except linalg.LinAlgError:
+        smallest = linalg.eigvalsh(sigma, subset_by_index=[0, 0], check_finite=False)[0]
+        return f"{cov} is not a covariance matrix: not positive semi-definite (eigenvalue {smallest:.4g}, the " \
+               f"largest variance is {scale:.4g})"
+    return None
+
+
 def fid_statistics(pool: np.ndarray, spatial: np.ndarray) -> dict[str, np.ndarray]:
     """``mu``, ``sigma`` (pool_3) and ``mu_s``, ``sigma_s`` (sFID features), named as in reference files."""
     mu, sigma = feature_statistics(pool)
@@ -58,6 +96,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
+    for which, mu, sigma in (("first", mu1, sigma1), ("second", mu2, sigma2)):  # cheap; see covariance_problem
+        finite = np.isfinite(mu).all() and np.isfinite(sigma).all()
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not finite:
+            raise ValueError(f"the {which} statistics are not a finite mean [D] and covariance [D, D] "
+                             f"(shapes {mu.shape} and {sigma.shape})")
     try:
         factor = linalg.cholesky(sigma1, lower=True)
     except linalg.LinAlgError:  # singular, e.g. fewer images than feature dimensions

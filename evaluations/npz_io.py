@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from evaluations.errors import EvaluatorError
+from evaluations.metrics import covariance_problem
 from guided_diffusion.fileio import NpzArray, npz_keys
 
 IMAGES_KEY = "arr_0"
@@ -103,10 +104,11 @@ class ReferenceFile:
 
 
 def _check_stats(path: str, stats: dict[str, np.ndarray]) -> None:
+    """Refuse precomputed statistics that cannot be a mean and covariance (they would give a meaningless FID)."""
     for mean, cov in (("mu", "sigma"), ("mu_s", "sigma_s")):
-        dim = stats[mean].shape
-        if len(dim) != 1 or stats[cov].shape != dim * 2:
-            raise EvaluatorError(f"{path}: {mean} has shape {stats[mean].shape} but {cov} has shape {stats[cov].shape}")
+        problem = covariance_problem(stats[mean], stats[cov], (mean, cov))
+        if problem:
+            raise EvaluatorError(f"{path}: {problem}")
 
 
 def read_reference(path: str) -> ReferenceFile:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -36,23 +38,59 @@ def read_bytes(path: str) -> bytes:
             return f.read()
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+
+
+def _load_failure(e: Exception) -> str:
+    """Why a checkpoint file could not be parsed, in a few words (torch's messages run over several lines)."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError):
+        refused = re.search(r"GLOBAL (\S+)", text)
+        what = f"it names {refused.group(1)}" if refused else "its pickle holds more than tensors and plain data"
+        return (f"{what}, which the weights-only loader refuses (not a checkpoint written by these scripts; it may "
+                "be malicious): delete it")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first.split(". ", 1)[0].rstrip(".")
+    return f"the file is truncated or corrupt ({type(e).__name__}{': ' + first if first else ''})"
+
+
+def load_torch_file(data: bytes, path: str) -> Any:
+    """torch.load of a file's bytes with the weights-only loader (tensors and plain data only), onto the CPU; a
+    truncated, corrupt or foreign file (one naming a refused global) raises a one-line ValueError naming `path`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. the pickle protocol of a foreign file: the error says enough
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any parse failure means a broken or foreign file
+        raise ValueError(f"cannot read checkpoint {path}: {_load_failure(e)}") from None
+
+
+def training_state_from_bytes(data: bytes, path: str) -> dict:
+    """The contents of an opt{step}.pt file (the optimizer and what else resuming needs), checked to be a dict."""
+    state = load_torch_file(data, path)
+    if not isinstance(state, dict):
+        raise ValueError(f"cannot read checkpoint {path}: it holds a {type(state).__name__}, not the optimizer "
+                         "state of a training run")
+    return state
 
 
 def state_dict_from_bytes(data: bytes, path: str) -> dict[str, torch.Tensor]:
     """Parse the bytes of a .pt or .safetensors file (`path` names the format and the errors)."""
-    try:
-        if _is_safetensors(path):
+    if _is_safetensors(path):
+        try:
             from safetensors.torch import load as load_safetensors
-
+        except ImportError:
+            raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from None
+        try:
             state = load_safetensors(data)
-        else:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except ImportError:
-        raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from None
-    except Exception as e:  # noqa: BLE001 - any parse failure means a broken or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - any parse failure means a broken or foreign file
+            raise ValueError(f"cannot read checkpoint {path}: {_load_failure(e)}") from None
+    else:
+        state = load_torch_file(data, path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from . import cli, logger
+from .fileio import read_json
 from .script_util import add_dict_to_argparser
 
 # Flags that describe a trained network (read back from args.json); the rest are choices made when sampling.
@@ -24,12 +25,15 @@ def explicit_flags(argv: list[str] | None = None) -> set[str]:
 
 
 def checkpoint_args(path: str) -> dict | None:
-    """The flags saved in args.json beside a checkpoint, or None."""
+    """The flags saved in args.json beside a checkpoint, or None; a file that is not a JSON object of flags is
+    a one-line ValueError naming it."""
     json_path = os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
     if not os.path.exists(json_path):
         return None
-    with open(json_path) as f:
-        return json.load(f)
+    saved = read_json(json_path, "JSON file of flags")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{json_path}: expected a JSON object of flags, got a {type(saved).__name__}")
+    return saved
 
 
 def apply_checkpoint_args(args, path: str, keys, explicit: set[str], flag: str) -> dict | None:
@@ -78,5 +82,8 @@ def default_log_dir(script: str, args, ignore=("batch_size", "log_dir", "grid", 
 
 
 def configure_logging(script: str, args) -> str:
-    """Log into --log_dir, else $OPENAI_LOGDIR, else runs/<script>-<checkpoint>-<hash>; returns the folder."""
-    return logger.configure(dir=args.log_dir or None, default=default_log_dir(script, args))
+    """Log into --log_dir, else $OPENAI_LOGDIR, else runs/<script>-<checkpoint>-<hash>, clearing what interrupted
+    writes left there; returns the folder."""
+    folder = logger.configure(dir=args.log_dir or None, default=default_log_dir(script, args))
+    cli.clear_interrupted_writes(folder)
+    return folder

@@ -12,8 +12,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .fileio import DiskFullError, remove_stale_temporaries
+
 # Errors a user can cause: reported in one line with exit code 2 instead of a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError, DiskFullError)
 
 
 def run(main: Callable[[], None], script: str | None = None) -> None:
@@ -93,15 +95,30 @@ def require_data_dir(data_dir: str, flag: str = "data_dir") -> None:
 
 def start(args, script: str) -> str:
     """Set up the process group, the log folder (printed first) with args.json, and the seeds; returns the
-    log folder."""
+    log folder. A run that would overwrite another run's checkpoints, or resume them with flags that change what
+    they are, stops first (resume_flags.check_resume), leaving the folder and its args.json as they were."""
     from . import dist_util, logger
+    from .resume_flags import check_resume
     from .train_state import write_args_json
 
     dist_util.setup_dist()
     log_dir = logger.configure(dir=args.log_dir or None, script=script)
+    check_resume(vars(args), log_dir)
+    clear_interrupted_writes(log_dir)
     write_args_json(vars(args), log_dir)
     seed_all(args.seed)
     return log_dir
+
+
+def clear_interrupted_writes(folder: str) -> None:
+    """On starting or resuming a run in `folder`: the first process deletes the temporary files of writes that
+    were killed midway (fileio.remove_stale_temporaries), then every process waits for it, so none writes before."""
+    from . import dist_util, logger
+
+    if dist_util.get_rank() == 0:
+        for path in remove_stale_temporaries(folder):
+            logger.log(f"removed {path}, left by an interrupted write")
+    dist_util.barrier()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -121,7 +138,8 @@ class RaisingParser(argparse.ArgumentParser):
 
 def make_parser(doc: str, *defaults: dict) -> argparse.ArgumentParser:
     """An argument parser with a --flag for every entry of the default dicts (later dicts win); float flags
-    must be finite and inside their range (script_util.float_flag)."""
+    must be finite and inside their range (script_util.float_flag), integer flags inside theirs
+    (int_flags.INT_RANGES)."""
     from .script_util import add_dict_to_argparser
 
     merged: dict = {}

@@ -35,7 +35,7 @@ def parse_groups(spec: str) -> tuple[str, ...]:
 
 def parse_gates(spec: str) -> dict[str, tuple[float, float]]:
     """--control_gates "size=1:0.2,crop=inf:inf": each group's (sigma_off, sigma_on), over DEFAULT_GATES."""
-    gates = dict(DEFAULT_GATES)
+    gates, given = dict(DEFAULT_GATES), set()
     for item in filter(None, (s.strip() for s in spec.split(","))):
         try:
             group, levels = item.split("=")
@@ -44,6 +44,9 @@ def parse_gates(spec: str) -> dict[str, tuple[float, float]]:
             raise ValueError(f"--control_gates {spec!r}: expected group=sigma_off:sigma_on, e.g. size=1:0.2") from None
         if group not in GROUPS or not (off >= on > 0):
             raise ValueError(f"--control_gates {item!r}: a group of {', '.join(GROUPS)} and sigma_off >= sigma_on > 0")
+        if group in given:
+            raise ValueError(f"--control_gates {spec!r}: {group} is given twice; give each group once")
+        given.add(group)
         gates[group] = (off, on)
     return gates
 
@@ -56,8 +59,12 @@ def default_control(image_size: int) -> list[float]:
 def parse_control(spec: str, image_size: int) -> list[float]:
     """--control "crop=0,0,1,1 flip=0 size=16" (fields not given keep default_control's values)."""
     record = default_control(image_size)
+    seen = set()
     for item in spec.split():
         key, _, value = item.partition("=")
+        if key in seen:
+            raise ValueError(f"--control {spec!r}: {key} is given twice; give each of crop, flip and size once")
+        seen.add(key)
         try:
             numbers = [float(v) for v in value.split(",")]
         except ValueError:

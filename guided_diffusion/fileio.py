@@ -6,19 +6,54 @@ from the zip member at an offset, and a new .npz is written row chunk by row chu
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 import zipfile
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
+# The temporary files of atomic_write: ".<name>.<8 random characters of mkstemp>.tmp" beside the file.
+_TMP_PREFIX, _TMP_SUFFIX = ".{name}.", ".tmp"
+_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+class DiskFullError(OSError):
+    """A write that failed because the device is full (ENOSPC); its message names the file being written."""
+
+    def __init__(self, path: str):
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}", path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    """Whether ENOSPC is the error or what caused it (torch.save reports a failed write as a RuntimeError raised
+    while handling the OSError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
 
 def atomic_write(path: str, write: Callable) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it into place (no partial files)."""
+    """Call write(file) on a temporary file beside `path`, then rename it into place (no partial files). A full
+    device raises DiskFullError naming `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX.format(name=os.path.basename(path)),
+                                   suffix=_TMP_SUFFIX)
+    except OSError as e:
+        if _is_disk_full(e):
+            raise DiskFullError(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -28,10 +63,48 @@ def atomic_write(path: str, write: Callable) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _is_disk_full(e):
+            raise DiskFullError(path) from None
         raise
+
+
+def remove_stale_temporaries(folder: str, depth: int = 2) -> list[str]:
+    """Delete the temporary files atomic_write left in `folder` and its subfolders down to `depth` levels (a
+    sampling run's .parts folders, a cascade's stage folders) when a process was killed mid-write; only names of
+    atomic_write's own pattern, so no other writer's files. Returns their paths. Call it when a run starts in the
+    folder, before anything writes there."""
+    removed = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if depth > 0:
+                removed += remove_stale_temporaries(entry.path, depth - 1)
+        elif entry.is_file(follow_symlinks=False) and _TMP_NAME.fullmatch(entry.name):
+            try:
+                os.remove(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(entry.path)
+    return removed
+
+
+def read_json(path: str, what: str) -> Any:
+    """The JSON value in path; a file that cannot be read or parsed is a one-line ValueError naming it and saying
+    what it should hold (`what`, e.g. "JSON object of flags")."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        raise ValueError(f"{path}: not a readable {what} ({reason})") from None
 
 
 def npz_keys(path: str) -> list[str]:

@@ -1,10 +1,11 @@
 """Image folders as endless, sharded, resumable batches for training.
 
 A folder is searched recursively for jpg/jpeg/png/gif files (any case). With class_cond, a file's class is its
-name's prefix before the first "_" (ImageNet's n01440764_10026.JPEG is class n01440764); sorted class names
-map to labels 0..K-1. Each rank reads every world_size-th file. The order of an epoch and each image's random
-crop/flip depend only on (seed, epoch, index), so a run resumed at batch N sees exactly the batches an
-uninterrupted run would.
+name's prefix before the first "_" (ImageNet's n01440764_10026.JPEG is class n01440764); the sorted class names
+map to labels 0..K-1, numeric names by value (2 before 10) ahead of the others; an empty name is refused. The
+training scripts save the names in label order as "class_names" in the run's args.json. Each rank reads every
+world_size-th file. The order of an epoch and each image's random crop/flip depend only on (seed, epoch, index),
+so a run resumed at batch N sees exactly the batches an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from .image_modes import to_rgb
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 
@@ -48,8 +51,15 @@ def list_image_files_recursively(data_dir: str) -> list[str]:
     return files
 
 
-def class_labels(paths: list[str], data_dir: str, num_classes: int | None = None) -> tuple[list[int], list[str]]:
-    """Labels from the file-name prefixes before the first "_", and the sorted class names."""
+def class_sort_key(name: str) -> tuple:
+    """Numeric class names by value (so "2" comes before "10"), ahead of the other names, which sort as text."""
+    return (0, int(name), name) if name.isascii() and name.isdigit() else (1, 0, name)
+
+
+def class_labels(paths: list[str], data_dir: str, num_classes: int | None = None,
+                 class_names: list[str] | None = None) -> tuple[list[int], list[str]]:
+    """Labels from the file-name prefixes before the first "_", and the class names in label order (sorted by
+    class_sort_key, or ``class_names`` when given: a training set's classes for its validation set)."""
     names = [os.path.basename(p) for p in paths]
     unprefixed = [n for n in names if "_" not in n]
     if unprefixed:
@@ -59,7 +69,19 @@ def class_labels(paths: list[str], data_dir: str, num_classes: int | None = None
             "rename them (python datasets/prepare_folder.py) or use --class_cond False"
         )
     prefixes = [n.split("_")[0] for n in names]
-    classes = sorted(set(prefixes))
+    if "" in prefixes:
+        path = paths[prefixes.index("")]
+        raise ValueError(
+            f"{path}: empty class name (the file name starts with '_'; the class is the name's part before the "
+            f"first '_', e.g. 3_0001.png): rename the file or move it out of {data_dir}"
+        )
+    if class_names is not None:
+        unknown = sorted(set(prefixes) - set(class_names), key=class_sort_key)
+        if unknown:
+            path = paths[prefixes.index(unknown[0])]
+            raise ValueError(f"{path}: class {unknown[0]!r} is not among the {len(class_names)} classes of the "
+                             f"training data ({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
+    classes = list(class_names) if class_names is not None else sorted(set(prefixes), key=class_sort_key)
     if num_classes is not None and len(classes) > num_classes:
         raise ValueError(
             f"{data_dir} holds {len(classes)} classes ({', '.join(classes[:5])}, ...) but --num_classes is "
@@ -67,6 +89,19 @@ def class_labels(paths: list[str], data_dir: str, num_classes: int | None = None
         )
     index = {c: i for i, c in enumerate(classes)}
     return [index[p] for p in prefixes], classes
+
+
+def resolve_class_flags(args, explicit: set[str], class_cond: bool) -> None:
+    """For a class-conditional run on --data_dir: --num_classes defaults to the data's class count (one given
+    explicitly must hold them all), and args.class_names records the label order (written to args.json). Done
+    before the network is built and args.json written, so sampling rebuilds the same label set."""
+    if not class_cond:
+        return
+    names = class_labels(list_image_files_recursively(args.data_dir), args.data_dir,
+                         args.num_classes if "num_classes" in explicit else None)[1]
+    if "num_classes" not in explicit:
+        args.num_classes = len(names)
+    args.class_names = names
 
 
 def _open_rgb(path: str) -> Image.Image:
@@ -79,7 +114,7 @@ def _open_rgb(path: str) -> Image.Image:
     else:
         with Image.open(path) as image:
             image.load()
-    return image.convert("RGB")  # grayscale, RGBA and palette images become RGB
+    return to_rgb(image)  # grayscale (16-bit too), RGBA and palette images become RGB
 
 
 def _box(arr: np.ndarray, top: int, left: int, image_size: int) -> tuple[float, float, float, float]:
@@ -175,8 +210,8 @@ class ImageDataset(Dataset):
         try:
             image = _open_rgb(path)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-            raise BadImageError(f"cannot read image {path}: {e}; pass --skip_bad_images True to skip "
-                                "unreadable files") from None
+            hint = "" if self.skip_bad_images else "; pass --skip_bad_images True to skip unreadable files"
+            raise BadImageError(f"cannot read image {path}: {e}{hint}") from None
         rng = np.random.default_rng([self.seed, self.shard, epoch, idx])
         if self.random_resize is not None:
             factor = rng.uniform(*self.random_resize)
@@ -253,16 +288,19 @@ def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bo
               deterministic: bool = False, random_crop: bool = False, random_flip: bool = True,
               skip_bad_images: bool = False, num_classes: int | None = None, seed: int = 0,
               start_batch: int = 0, num_workers: int = 1, random_resize: tuple[float, float] | None = None,
-              min_crop_frac: float = 0.8, with_control: bool = False) -> ImageBatches:
+              min_crop_frac: float = 0.8, with_control: bool = False,
+              class_names: list[str] | None = None) -> ImageBatches:
     """Endless batches from an image folder, sharded over the ranks of the process group.
 
     deterministic keeps file order (no shuffling); start_batch resumes the stream after that many batches;
-    random_resize, min_crop_frac and with_control as ImageDataset.
+    random_resize, min_crop_frac and with_control as ImageDataset; class_names: the labels' names in order (as
+    resolve_class_flags saved them), else sorted from the folder.
     """
     from . import dist_util
 
     paths = list_image_files_recursively(data_dir)
-    labels, class_names = class_labels(paths, data_dir, num_classes) if class_cond else (None, None)
+    labels, class_names = (class_labels(paths, data_dir, num_classes, class_names) if class_cond
+                           else (None, None))
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     dataset = ImageDataset(image_size, paths, classes=labels, shard=rank, num_shards=world,
                            random_crop=random_crop, random_flip=random_flip, seed=seed,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .checkpoint import save_state_dict
-from .fileio import atomic_write
+from .fileio import atomic_write, read_json
 
 
 def exp_to_std(exp) -> np.ndarray:
@@ -122,9 +122,18 @@ def _write_index(folder: str, index: dict) -> None:
 
 
 def read_index(folder: str) -> dict:
-    """The snapshots of a run: {file name: {"std", "step", "nimg"}} (empty without phema.json)."""
+    """The snapshots of a run: {file name: {"std", "step", "nimg"}} (empty without phema.json); a file that is not
+    such an index is a one-line ValueError naming it."""
     path = os.path.join(folder, "phema.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    index = read_json(path, "JSON index of snapshots")
+    entry_form = '{"std": number, "step": integer, "nimg": integer}'
+    if not isinstance(index, dict):
+        raise ValueError(f"{path}: expected an object {{file name: {entry_form}}}, got a {type(index).__name__}")
+    fields = {"std": (int, float), "step": int, "nimg": int}
+    for name, entry in index.items():
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) or isinstance(entry.get(k), bool)
+                                              for k, t in fields.items()):
+            raise ValueError(f"{path}: the entry {name!r} is not {entry_form}")
+    return index

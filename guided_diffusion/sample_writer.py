@@ -1,12 +1,19 @@
 """Writing samples: a part file per finished batch (resumable), the final npz in index order, PNG grids, and
-the trajectory strip of --save_trajectory."""
+the trajectory strip of --save_trajectory.
+
+What made the samples (sample_record: files by content, flags that change the images) is kept as
+<name>.parts/record.json while the parts accumulate and as <name>.json beside the final <name>.npz (which
+itself holds only arr_0 and arr_1, as ADM's evaluator expects). A rerun into the same folder resumes only
+under the same record; otherwise, and for folders made before records were kept, it stops with a one-line
+error naming the folder and the first difference.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -15,6 +22,10 @@ from tqdm.auto import tqdm
 
 from . import dist_util, logger
 from .fileio import NpzArray, atomic_write, write_npz_stream
+from .sample_record import first_difference, read_record, record_bytes
+
+# A record, or a function that makes it (called in the first process only: it hashes the checkpoints).
+Record = Union[dict, Callable[[], dict]]
 
 
 def to_uint8(sample: torch.Tensor) -> np.ndarray:
@@ -27,9 +38,11 @@ def output_name(num_samples: int, height: int, width: int) -> str:
 
 
 class SampleWriter:
-    """Part files per finished batch, resumable, assembled in index order at the end."""
+    """Part files per finished batch, resumable, assembled in index order at the end; `record` says what makes
+    the samples (sample_record.sample_record) and guards the folder against mixing runs."""
 
-    def __init__(self, folder: str, num_samples: int, height: int, width: int, with_labels: bool):
+    def __init__(self, folder: str, num_samples: int, height: int, width: int, with_labels: bool, *,
+                 record: Record):
         if num_samples < 1:
             raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
         self.folder = folder
@@ -38,6 +51,44 @@ class SampleWriter:
         self.name = output_name(num_samples, height, width)
         self.path = os.path.join(folder, self.name + ".npz")
         self.parts = os.path.join(folder, self.name + ".parts")
+        self.record_path = os.path.join(folder, self.name + ".json")
+        self.parts_record_path = os.path.join(self.parts, "record.json")
+        self._record = record
+
+    def record(self) -> dict:
+        """This run's record (made once)."""
+        if callable(self._record):
+            self._record = self._record()
+        return self._record
+
+    def _refusal(self, saved: dict | None, what: str) -> str | None:
+        """The one-line error for a folder holding `what` made under the record `saved` (None: no record), or
+        None when this run may continue it."""
+        if saved is None:
+            return (f"--log_dir {self.folder} holds {what} without a record of the checkpoint and flags that made "
+                    "it; use another --log_dir or remove it")
+        difference = first_difference(saved, self.record())
+        if difference is None:
+            return None
+        return f"--log_dir {self.folder} holds samples made with {difference}; use another --log_dir or remove it"
+
+    def _claim(self) -> tuple[str | None, np.ndarray | None]:
+        """(error, done mask) in the first process: check the final file's or the parts' record against this
+        run's, and write the record before the first part (done None: the final file is complete)."""
+        if os.path.exists(self.path):
+            return self._refusal(read_record(self.record_path), self.name + ".npz"), None
+        done = np.zeros(self.num_samples, dtype=bool)
+        ranges = self._done_ranges()
+        if ranges:
+            error = self._refusal(read_record(self.parts_record_path), f"the unfinished {self.name}.parts")
+            if error:
+                return error, done
+        else:  # nothing made yet (a record alone is from a run stopped before its first batch)
+            data = record_bytes(self.record())
+            atomic_write(self.parts_record_path, lambda f: f.write(data))
+        for start, stop, _ in ranges:
+            done[start:stop] = True
+        return None, done
 
     def _done_ranges(self) -> list[tuple[int, int, str]]:
         if not os.path.isdir(self.parts):
@@ -51,13 +102,12 @@ class SampleWriter:
 
     def my_batches(self, batch_size: int) -> tuple[list[list[int]], int]:
         """This rank's batches of missing indices (runs of consecutive indices, cut at batch_size), and how many
-        samples are already done."""
-        if os.path.exists(self.path):
+        samples are already done. ValueError when the folder holds samples of another run (another record)."""
+        error, done = dist_util.broadcast_object(self._claim() if dist_util.get_rank() == 0 else None)
+        if error:
+            raise ValueError(error)
+        if done is None:
             return [], self.num_samples
-        done = np.zeros(self.num_samples, dtype=bool)
-        for start, stop, _ in self._done_ranges():
-            done[start:stop] = True
-        done = dist_util.broadcast_object(done)
         batches, run = [], []
         for i in np.flatnonzero(~done).tolist():
             if run and (i != run[-1] + 1 or len(run) == batch_size):
@@ -89,6 +139,8 @@ class SampleWriter:
                                 (NpzArray(p).read() for _, _, p in ranges))}
             if self.with_labels:
                 arrays["arr_1"] = np.concatenate([NpzArray(p, "arr_1").read() for _, _, p in ranges])
+            data = record_bytes(self.record())
+            atomic_write(self.record_path, lambda f: f.write(data))  # first: an npz never lacks its record
             write_npz_stream(self.path, arrays)
             if grid:
                 save_grid(NpzArray(self.path).read(0, 64), os.path.join(self.folder, self.name + ".png"))

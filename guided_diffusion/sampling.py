@@ -108,6 +108,10 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
         apply_checkpoint_args(args, args.model_path, architecture, explicit, "model_path")
         if edm_util.uses_sigma_space(args) and "clip_denoised" not in explicit:
             args.clip_denoised = False  # trained in sigma space: D unclipped, as EDM samples
+    if args.classes and not args.class_cond and not getattr(args, "classifier_path", ""):
+        raise ValueError(f"--classes {args.classes}: the model {args.model_path} is unconditional (class_cond False), "
+                         "so it would ignore the labels; use a class-conditional model or guide this one with a "
+                         "classifier (classifier_sample.py --classifier_path)")
     guide = guide_args(args, architecture, size_flag)
     for check in checks:
         check()
@@ -279,6 +283,8 @@ def parse_classes(spec: str, num_classes: int) -> list[int] | None:
         if not match:
             raise ValueError(f"--classes {spec!r}: expected labels like 3,7 or ranges like 0-9")
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low:
+            raise ValueError(f"--classes {spec!r}: a range must go upward, e.g. {high}-{low}, not {low}-{high}")
         labels += list(range(low, high + 1))
     bad = [c for c in labels if not 0 <= c < num_classes]
     if bad or not labels:

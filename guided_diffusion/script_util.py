@@ -12,6 +12,7 @@ import math
 
 from . import gaussian_diffusion as gd
 from .control import parse_gates, parse_groups
+from .int_flags import int_flag
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
 
@@ -422,7 +423,7 @@ def _ema_rate_flag(text: str) -> str:
 
 def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict) -> None:
     """Add a --key flag for every entry, typed like its default (booleans parsed by str2bool, floats checked
-    to be finite and inside their range)."""
+    to be finite and inside their range, integers inside theirs: int_flags.INT_RANGES)."""
     for k, v in default_dict.items():
         v_type = type(v)
         if v is None:
@@ -431,6 +432,8 @@ def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict) -
             v_type = str2bool
         elif isinstance(v, float):
             v_type = float_flag(k)
+        elif isinstance(v, int):
+            v_type = int_flag(k)
         elif k == "ema_rate":
             v_type = _ema_rate_flag
         parser.add_argument(f"--{k}", default=v, type=v_type)

@@ -69,6 +69,12 @@ def find_resume_checkpoint(spec: str, log_dir: str, ema_rates: list[float] = ())
         return ""
     if spec == "auto":
         steps = _complete_steps(log_dir, list(ema_rates))
+        saved = _complete_steps(log_dir, [])  # model and optimizer written: the save finished (EMAs come first)
+        if saved and (not steps or saved[-1] > steps[-1]):
+            missing = next(f"ema_{r}_{saved[-1]:06d}.pt" for r in ema_rates
+                           if not os.path.exists(os.path.join(log_dir, f"ema_{r}_{saved[-1]:06d}.pt")))
+            raise ValueError(f"--resume_checkpoint auto: {log_dir} holds model{saved[-1]:06d}.pt without {missing}, "
+                             "so its run kept other EMAs: resume with its --ema_rate, or use another --log_dir")
         return os.path.join(log_dir, f"model{steps[-1]:06d}.pt") if steps else ""
     if "://" not in spec and not os.path.exists(spec):
         raise FileNotFoundError(f"--resume_checkpoint not found: {spec}")

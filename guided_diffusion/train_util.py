@@ -11,7 +11,6 @@ loss scale, every rank's RNG state and the data position restored so that a resu
 from __future__ import annotations
 
 import inspect
-import io
 import os
 import time
 
@@ -20,7 +19,7 @@ from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from . import dist_util, logger
-from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict
+from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict, training_state_from_bytes
 from .control import drop_controls
 from .edm2 import has_mp_weights, project_weights
 from .fp16_util import MixedPrecisionTrainer
@@ -142,7 +141,7 @@ class _Loop:
         opt_path = os.path.join(folder, f"opt{self.resume_step:06d}.pt")
         if os.path.exists(opt_path):
             data = dist_util.broadcast_bytes(read_bytes(opt_path) if dist_util.get_rank() == 0 else None)
-            out["opt"] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            out["opt"] = training_state_from_bytes(data, opt_path)
         else:
             logger.warn(f"no {opt_path}: the optimizer state restarts")
         return out
@@ -164,6 +163,10 @@ class _Loop:
         rank = dist_util.get_rank()
         if len(saved.get("rng", [])) == dist_util.get_world_size():
             self._pending_rng = saved["rng"][rank]
+        if self.phema is None and saved.get("phema") is not None:
+            stds = ",".join(f"{s:g}" for s in saved["phema"]["stds"])
+            raise ValueError(f"--phema_stds is not given, but the resumed run {self.resume_checkpoint} tracks "
+                             f"power-function EMAs: pass --phema_stds {stds} to keep its snapshots going")
         if self.phema is not None:
             if saved.get("phema") is None:
                 raise ValueError(f"--phema_stds given, but the resumed run {self.resume_checkpoint} tracked no "

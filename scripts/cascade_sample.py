@@ -15,6 +15,7 @@ import os
 from guided_diffusion import cli, dist_util, edm_util, logger, sampling
 from guided_diffusion.checkpoint_flags import checkpoint_args, configure_logging, namespace_from_flags, require_file
 from guided_diffusion.guidance import Guidance
+from guided_diffusion.sample_record import sample_record
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -73,8 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     guidance = sampling.guidance_from_args(base, guide, create_model_and_diffusion, base_architecture, classifier,
                                            conditioning)
     logger.log("stage 1: base samples")
+    clf_settings = {f"classifier:{k}": v for k, v in vars(clf).items() if k not in SHARED} if clf else {}
     base_writer = SampleWriter(os.path.join(folder, "base"), args.num_samples, base.image_size, base.image_size,
-                               with_labels=base.class_cond or classifier is not None)
+                               with_labels=base.class_cond or classifier is not None,
+                               record=lambda: sample_record("cascade_sample/base", {**vars(base), **clf_settings},
+                                                            files={"base_model_path": args.base_model_path,
+                                                                   "classifier_path": args.classifier_path}))
     base_path = generate(base_writer, args.batch_size, sampling.image_batch_fn(model, diffusion, base, guidance),
                          grid=args.grid)
     del model, diffusion, guidance, classifier
@@ -84,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
                                             "sr_model_path", sr.use_fp16)
     low_res = sampling.BaseSamples(base_path, sr.small_size, need_labels=sr.class_cond)
     sr_writer = SampleWriter(os.path.join(folder, "upsampled"), args.num_samples, sr.large_size, sr.large_size,
-                             with_labels=sr.class_cond)
+                             with_labels=sr.class_cond, record=lambda: sample_record(
+                                 "cascade_sample/upsampled", vars(sr),
+                                 files={"sr_model_path": args.sr_model_path, "base_samples": base_path}))
     sr.save_trajectory = 0  # the trajectory strip shows the base stage
     generate(sr_writer, args.batch_size, sampling.super_res_batch_fn(sr_model, sr_diffusion, sr, low_res, Guidance()),
              grid=args.grid)

@@ -11,6 +11,7 @@ Classifier-free guidance and autoguidance (see image_sample.py) combine with it.
 
 from guided_diffusion import cli, edm_util, logger, sampling
 from guided_diffusion.checkpoint_flags import apply_checkpoint_args, checkpoint_args, explicit_flags, require_file
+from guided_diffusion.sample_record import sample_record
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                                            edm_util.classifier_conditioning(checkpoint_args(args.classifier_path)))
 
     logger.log("sampling...")
-    writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size, with_labels=True)
+    writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size, with_labels=True,
+                          record=lambda: sample_record("classifier_sample", args))
     generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args, guidance), grid=args.grid)
 
 

@@ -10,7 +10,7 @@ see them, so classifier_sample.py can guide them with any sigma-space sampler.
 from guided_diffusion import cli, dist_util, edm_util, logger
 from guided_diffusion.checkpoint_flags import explicit_flags
 from guided_diffusion.classifier_training import ClassifierTrainLoop
-from guided_diffusion.image_datasets import load_data
+from guided_diffusion.image_datasets import load_data, resolve_class_flags
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
     edm_util.resolve_edm_flags(args, explicit_flags(argv), allowed=("adm", "edm"))
+    resolve_class_flags(args, explicit_flags(argv), class_cond=True)  # --num_classes from the data; class_names
     log_dir = cli.start(args, "classifier_train")
 
     logger.log("creating model and diffusion...")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.log("creating data loader...")
     common = dict(batch_size=args.batch_size, image_size=args.image_size, class_cond=True,
                   skip_bad_images=args.skip_bad_images, num_classes=args.num_classes, seed=args.seed,
-                  num_workers=args.num_workers)
+                  num_workers=args.num_workers, class_names=args.class_names)
     data = load_data(data_dir=args.data_dir, random_crop=args.random_crop, random_flip=args.random_flip,
                      start_batch=parse_resume_step_from_filename(resume) if resume else 0, **common)
     val_data = load_data(data_dir=args.val_data_dir, **common) if args.val_data_dir else None

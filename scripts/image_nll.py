@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     require_file(args.model_path, "model_path")
     if not args.data_dir:
         raise ValueError("--data_dir is required: a folder of images to evaluate on")
-    apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(), explicit_flags(argv), "model_path")
+    saved = apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(), explicit_flags(argv),
+                                  "model_path") or {}
     dist_util.setup_dist()
     configure_logging("image_nll", args)
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
                      class_cond=args.class_cond, deterministic=True, random_flip=False,
-                     num_classes=args.num_classes)
+                     num_classes=args.num_classes, class_names=saved.get("class_names"))  # training's labels
     logger.log("evaluating...")
     run_bpd_evaluation(model, diffusion, data, args)
 

@@ -10,6 +10,7 @@ super_res_sample.py --base_samples read. Image i depends only on --seed + i.
 
 
 from guided_diffusion import cli, edm_util, logger, sampling
+from guided_diffusion.sample_record import sample_record
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logger.log("sampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size,
-                          with_labels=args.class_cond)
+                          with_labels=args.class_cond, record=lambda: sample_record("image_sample", args))
     generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args, guidance), grid=args.grid)
 
 

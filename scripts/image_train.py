@@ -18,7 +18,7 @@ record for --control_cfg_scale; --class_attention True feeds the label to the at
 
 from guided_diffusion import cli, dist_util, edm_util, logger
 from guided_diffusion.checkpoint_flags import explicit_flags
-from guided_diffusion.image_datasets import load_data, parse_random_resize
+from guided_diffusion.image_datasets import load_data, parse_random_resize, resolve_class_flags
 from guided_diffusion.script_util import (
     args_to_dict,
     create_model_and_diffusion,
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
     edm_util.resolve_edm_flags(args, explicit_flags(argv))
+    resolve_class_flags(args, explicit_flags(argv), args.class_cond)  # --num_classes from the data; class_names
     cli.start(args, "image_train")
 
     logger.log("creating model and diffusion...")
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             skip_bad_images=args.skip_bad_images, num_classes=args.num_classes, seed=args.seed,
             num_workers=args.num_workers, start_batch=start_batch,
             random_resize=parse_random_resize(args.random_resize), min_crop_frac=args.min_crop_frac,
-            with_control=bool(args.control_cond),
+            with_control=bool(args.control_cond), class_names=getattr(args, "class_names", None),
         )
 
     train_diffusion_from_args(args, model, diffusion, make_data, label_dropout=args.class_dropout_prob,

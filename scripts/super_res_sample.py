@@ -11,6 +11,7 @@ i % (number of base images) with noise from --seed + i. A weaker upsampler can g
 
 
 from guided_diffusion import cli, edm_util, logger, sampling
+from guided_diffusion.sample_record import sample_record
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logger.log("upsampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.large_size, args.large_size,
-                          with_labels=args.class_cond)
+                          with_labels=args.class_cond, record=lambda: sample_record("super_res_sample", args))
     generate(writer, args.batch_size, sampling.super_res_batch_fn(model, diffusion, args, base, guidance),
              grid=args.grid)
 

@@ -8,7 +8,7 @@ a clean condition).
 
 from guided_diffusion import cli, dist_util, edm_util, logger
 from guided_diffusion.checkpoint_flags import explicit_flags
-from guided_diffusion.image_datasets import load_superres_data
+from guided_diffusion.image_datasets import load_superres_data, resolve_class_flags
 from guided_diffusion.script_util import (
     args_to_dict,
     sr_create_model_and_diffusion,
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     cli.require_data_dir(args.data_dir)
     edm_util.resolve_edm_flags(args, explicit_flags(argv), allowed=("adm", "edm"))
+    resolve_class_flags(args, explicit_flags(argv), args.class_cond)  # --num_classes from the data; class_names
     cli.start(args, "super_res_train")
 
     logger.log("creating model...")
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
             small_size=args.small_size, class_cond=args.class_cond, random_crop=args.random_crop,
             random_flip=args.random_flip, skip_bad_images=args.skip_bad_images, num_classes=args.num_classes,
             seed=args.seed, num_workers=args.num_workers, start_batch=start_batch,
+            class_names=getattr(args, "class_names", None),
         )
 
     train_diffusion_from_args(args, model, diffusion, make_data)

@@ -1,4 +1,4 @@
-"""The shared command-line parser: float flags checked once, one-line errors, and where logs go."""
+"""The shared command-line parser: float and integer flags checked once, one-line errors, and where logs go."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from guided_diffusion import checkpoint_flags, logger
 from guided_diffusion.script_util import model_and_diffusion_defaults
+from launch import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,3 +83,67 @@ def test_log_folder_order_is_flag_then_environment_then_default(tmp_path, monkey
     assert checkpoint_flags.configure_logging("image_sample", args) == str(tmp_path / "flag")
     assert logger.get_dir() == str(tmp_path / "flag")
     logger.configure(format_strs=[], dir=str(tmp_path / "reset"))
+
+
+TRAINING_SCRIPTS = ("image_train", "classifier_train", "super_res_train")
+SAMPLING_SCRIPTS = ("image_sample", "classifier_sample", "super_res_sample", "cascade_sample", "image_nll")
+
+
+@pytest.mark.parametrize("script", TRAINING_SCRIPTS + SAMPLING_SCRIPTS)
+@pytest.mark.parametrize("value", ["0", "-4"])
+def test_batch_size_must_be_positive_in_every_script(capsys, script, value):
+    """A batch size of 0 divided by zero, a negative one never filled a batch (training spun forever)."""
+    line = refused(capsys, script_parser(script), "--batch_size", value)
+    assert line.endswith(f": error: argument --batch_size: expected an integer >= 1, got {value} (see --help)")
+
+
+@pytest.mark.parametrize("script", SAMPLING_SCRIPTS)
+def test_num_samples_must_be_positive_in_every_sampling_script(capsys, script):
+    line = refused(capsys, script_parser(script), "--num_samples", "0")
+    assert ": error: argument --num_samples: expected an integer >= 1, got 0" in line
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("image_train", ["--save_interval", "0"], "argument --save_interval: expected an integer >= 1, got 0"),
+    ("classifier_train", ["--save_interval", "-1"], "argument --save_interval: expected an integer >= 1, got -1"),
+    ("super_res_train", ["--log_interval", "0"], "argument --log_interval: expected an integer >= 1, got 0"),
+    ("classifier_train", ["--eval_interval", "0"], "argument --eval_interval: expected an integer >= 1, got 0"),
+    ("classifier_train", ["--iterations", "0"], "argument --iterations: expected an integer >= 1, got 0"),
+    ("image_train", ["--microbatch", "0"],
+     "argument --microbatch: expected -1 (the whole batch) or an integer >= 1, got 0"),
+    ("image_train", ["--microbatch", "-2"],
+     "argument --microbatch: expected -1 (the whole batch) or an integer >= 1, got -2"),
+    ("image_train", ["--max_steps", "-1"], "argument --max_steps: expected an integer >= 0, got -1"),
+    ("image_train", ["--num_workers", "-1"], "argument --num_workers: expected an integer >= 0, got -1"),
+    ("image_train", ["--num_head_channels", "0"],
+     "argument --num_head_channels: expected -1 (off) or an integer >= 1, got 0"),
+    ("image_sample", ["--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295], got -1"),
+    ("image_sample", ["--save_trajectory", "-3"], "argument --save_trajectory: expected an integer >= 0, got -3"),
+    ("image_sample", ["--image_size", "0"], "argument --image_size: expected an integer >= 1, got 0"),
+    ("image_sample", ["--batch_size", "2.5"], "argument --batch_size: expected an integer, got '2.5'"),
+])
+def test_bad_int_flags_are_one_line_errors(capsys, script, argv, message):
+    line = refused(capsys, script_parser(script), *argv)
+    assert ": error: " + message in line
+
+
+def test_good_int_flags_pass():
+    args = script_parser("image_train").parse_args(
+        ["--batch_size", "1", "--microbatch", "-1", "--save_interval", "1", "--max_steps", "0", "--seed", "0",
+         "--num_head_channels", "-1", "--num_workers", "0"])
+    assert (args.batch_size, args.microbatch, args.save_interval, args.max_steps, args.seed,
+            args.num_head_channels, args.num_workers) == (1, -1, 1, 0, 0, -1, 0)
+    assert script_parser("image_train").parse_args(["--microbatch", "2"]).microbatch == 2
+
+
+def test_int_flags_inside_a_flag_string_are_checked_too(tmp_path):
+    with pytest.raises(ValueError, match=r"argument --num_channels: expected an integer >= 1, got 0"):
+        checkpoint_flags.namespace_from_flags(model_and_diffusion_defaults(), "--num_channels 0",
+                                              str(tmp_path / "model.pt"), "base_model_path")
+
+
+def test_training_refuses_a_negative_batch_size_in_one_line(tmp_path):
+    """Through main(), as a user runs it: exit code 2 and one line (the loop used to spin at 100% CPU)."""
+    code, err = run_main("image_train.py", ["--data_dir", str(tmp_path), "--batch_size", "-4"])
+    assert code == 2 and err.count("\n") == 0
+    assert "error: argument --batch_size: expected an integer >= 1, got -4" in err

@@ -52,6 +52,14 @@ def test_control_records_parse_with_defaults_and_one_line_errors():
         with pytest.raises(ValueError, match="--control"):
             parse_control(bad, 16)
     assert parse_groups("crop,size") == ("crop", "size")
+    with pytest.raises(ValueError) as info:
+        parse_control("flip=1 size=8 flip=0", 16)
+    assert str(info.value) == ("--control 'flip=1 size=8 flip=0': flip is given twice; give each of crop, flip and "
+                               "size once")
+    with pytest.raises(ValueError) as info:
+        parse_gates("size=1:0.2,crop=2:1,size=2:0.5")
+    assert str(info.value) == ("--control_gates 'size=1:0.2,crop=2:1,size=2:0.5': size is given twice; give each "
+                               "group once")
     with pytest.raises(ValueError, match="a comma-separated subset of crop, flip, size"):
         parse_groups("crop,crop")
 
@@ -205,6 +213,10 @@ def test_train_and_sample_with_controls_round_trip(tmp_path, network):
     code, stderr = run_main("image_sample.py", ["--model_path", run / "model000004.pt", "--control", "flip=3",
                                                 "--log_dir", tmp_path / "bad"])
     assert code == 2 and "--control 'flip=3'" in stderr and "\n" not in stderr
+    code, stderr = run_main("image_sample.py", ["--model_path", run / "model000004.pt", "--control", "size=8 size=16",
+                                                "--log_dir", tmp_path / "twice"])
+    assert code == 2 and stderr.endswith("error: --control 'size=8 size=16': size is given twice; give each of crop, "
+                                         "flip and size once") and "\n" not in stderr, stderr
 
 
 @pytest.mark.parametrize("flags, message", [

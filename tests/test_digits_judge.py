@@ -184,3 +184,23 @@ def test_seed_summary_pairs_seeds_with_the_first_group():
     lines = seed_summary.table(summary, "scale").splitlines()
     assert lines[0].startswith("| scale | recognized | FD | FD - FD at 0 (paired) |")
     assert lines[3] == "| 2 | 80.0 ± 14.1% | 95.0 ± 21.2 | -25.0 ± 7.1 | 0.500 ± 0.000 | 0.500 ± 0.000 | 2 |"
+
+
+def test_damaged_feature_network_is_refused_not_measured(digits_judge_session, tmp_path, capsys, monkeypatch):
+    """A cached network that gives non-finite features would print FD nan: its statistics are refused instead."""
+    _, cache = digits_judge_session
+    folder = os.path.join(cache, "digits_features")
+    (entry,) = (os.path.join(folder, name) for name in os.listdir(folder))
+    saved = torch.load(entry, weights_only=True)
+    first = next(iter(saved["state_dict"]))
+    saved["state_dict"][first].view(-1)[0] = float("nan")
+    damaged = tmp_path / "cache"
+    os.makedirs(damaged / "digits_features")
+    torch.save(saved, damaged / "digits_features" / os.path.basename(entry))
+    monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(damaged))
+    path = _write(tmp_path / "s.npz", digits_features.real_images("test")[0][:20], np.zeros(20, int))
+    assert digits_judge.main(["--out_dir", str(tmp_path / "out"), f"x={path}"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"digits_judge.py: error: the digits feature network cached in {damaged / 'digits_features'} gives "
+                   "unusable test-split statistics: mu holds NaN or infinite values; delete the folder to retrain "
+                   "it\n")

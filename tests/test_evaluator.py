@@ -27,7 +27,7 @@ from evaluations import activation_cache, evaluator, inception_file, metrics  # 
 from evaluations.activation_cache import CACHE_SUBDIR  # noqa: E402
 from evaluations.distances import Float16FirstDistances, PairwiseDistances  # noqa: E402
 from evaluations.errors import EvaluatorError  # noqa: E402
-from evaluations.image_folder import center_crop  # noqa: E402
+from evaluations.image_folder import FolderImages, center_crop  # noqa: E402
 from evaluations.inception import InceptionNetwork  # noqa: E402
 from evaluations.npz_io import ACTS_GRAPH_KEY, NpzImages, ReferenceFile, read_reference  # noqa: E402
 from evaluations import reference  # noqa: E402
@@ -303,6 +303,59 @@ def test_frechet_distance_on_small_full_rank_statistics():
     assert metrics.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError):
         metrics.frechet_distance(mu1, s1, mu2[:3], s2[:3, :3])
+
+
+def test_covariance_problem_accepts_covariances_and_names_what_is_wrong():
+    rng = np.random.default_rng(0)
+    few = rng.standard_normal((30, 64))  # fewer images than dimensions: singular, eigenvalues ~ -1e-15
+    mu, sigma = metrics.feature_statistics(few)
+    assert metrics.covariance_problem(mu, sigma) is None
+    assert metrics.covariance_problem(mu, sigma.astype(np.float32).astype(np.float64)) is None  # stored as float32
+    assert metrics.covariance_problem(mu, np.zeros_like(sigma)) is None  # identical images
+    nan = sigma.copy()
+    nan[3, 5] = np.nan
+    skew = sigma.copy()
+    skew[0, 1] += 0.5
+    indefinite = sigma.copy()
+    indefinite[0, 1] = indefinite[1, 0] = 2 * np.sqrt(sigma[0, 0] * sigma[1, 1])
+    cases = {
+        "negative definite": (-np.eye(64), "negative variance -1 at [0, 0]"),
+        "NaN": (nan, "sigma holds NaN or infinite values"),
+        "not symmetric": (skew, "not symmetric (entries differ from their transpose by up to 0.5"),
+        "indefinite": (indefinite, "not positive semi-definite (eigenvalue -"),
+        "wrong shape": (sigma[:, :63], "mu has shape (64,) and sigma (64, 63); expected (D,) and (D, D)"),
+    }
+    for what, (bad, message) in cases.items():
+        assert message in (metrics.covariance_problem(mu, bad) or ""), what
+    with pytest.raises(ValueError, match="the second statistics are not a finite mean"):
+        metrics.frechet_distance(mu, sigma, mu, nan)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("negative_definite", "sigma is not a covariance matrix: negative variance -1 at [0, 0]"),
+    ("nan", "sigma_s holds NaN or infinite values"),
+    ("asymmetric", "sigma is not a covariance matrix: not symmetric (entries differ from their transpose by up to 3"),
+    ("wrong_shape", "mu_s has shape (2023,) and sigma_s (2023, 2022); expected (D,) and (D, D)"),
+])
+def test_error_reference_statistics_that_are_no_covariance(capsys, tmp_path, good_pair, damage, message):
+    """Precomputed statistics that cannot be a covariance are refused when read (they printed FID -769 or a
+    scipy traceback); the sigma_s row checks the sFID statistics too."""
+    ref, sample, extra = good_pair
+    with np.load(ref) as npz:
+        images = npz["arr_0"]
+    stats = {"mu": np.zeros(2048), "sigma": np.eye(2048), "mu_s": np.zeros(2023), "sigma_s": np.eye(2023)}
+    if damage == "negative_definite":
+        stats["sigma"] = -np.eye(2048)
+    elif damage == "nan":
+        stats["sigma_s"][7, 7] = np.nan
+    elif damage == "asymmetric":
+        stats["sigma"][0, 1] = 3.0
+    else:
+        stats["sigma_s"] = stats["sigma_s"][:, :-1]
+    bad = tmp_path / f"{damage}.npz"
+    np.savez(bad, arr_0=images, **stats)
+    last = assert_error(capsys, [bad, sample, *extra])
+    assert last.startswith(f"evaluator.py: error: {bad}: {message}")
 
 
 def test_inception_score_matches_the_definition(sample_features):
@@ -696,6 +749,53 @@ def test_error_corrupt_inception_path_is_named(capsys, tmp_path, standin_pb, sma
     data = standin_pb.read_bytes()
     bad.write_bytes(b"\x00not a graph" * 10 if damage == "garbage" else data[: len(data) // 3])
     assert_error(capsys, [ref, sample, "--inception_path", bad], bad, "Inception")
+
+
+def test_sixteen_bit_grayscale_folder_images_keep_their_levels(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(values).save(tmp_path / "wide.png")
+    (batch,) = FolderImages(str(tmp_path)).batches(8)
+    assert batch.shape == (1, 4, 4, 3) and batch[0, 0, :, 1].tolist() == [0, 1, 128, 255]
+
+
+def graph_with_write_file(target: Path):
+    """The stand-in graph plus a WriteFile node that pool_3 depends on (so running pool_3 writes ``target``)."""
+    import tensorflow as tf
+
+    graph_def = inception_standin.build_graph_def()
+    extra = tf.Graph()
+    with extra.as_default():
+        tf.io.write_file(tf.constant(str(target)), tf.constant("written by the graph"), name="evil/write")
+    graph_def.node.extend(extra.as_graph_def().node)
+    next(node for node in graph_def.node if node.name == "pool_3").input.append("^evil/write")
+    return graph_def
+
+
+def test_graph_with_foreign_ops_is_refused_before_running(capsys, tmp_path, small_npzs):
+    """A graph file is a program: one with an op the Inception graph does not use is never imported or run."""
+    ref, sample = small_npzs
+    target = tmp_path / "written.txt"
+    bad = tmp_path / "writer.pb"
+    bad.write_bytes(graph_with_write_file(target).SerializeToString())
+    last = assert_error(capsys, [ref, sample, "--inception_path", bad])
+    assert last == (f"evaluator.py: error: --inception_path {bad}: the graph contains op WriteFile (node evil/write), "
+                    "which the Inception graph does not use; refusing to run it")
+    assert not target.exists()
+
+    with_function = inception_standin.build_graph_def()
+    with_function.library.function.add().signature.name = "hidden"
+    with pytest.raises(EvaluatorError, match=r"^x\.pb: the graph defines function hidden, .* refusing to run it$"):
+        inception_file.parse_graph_def(Path("x.pb"), with_function.SerializeToString())
+
+
+def test_the_stand_in_and_the_inception_graph_ops_are_allowed(standin_pb):
+    graph_def = inception_file.parse_graph_def(standin_pb, standin_pb.read_bytes())
+    assert {node.op for node in graph_def.node} <= inception_file.ALLOWED_OPS
+    # the real graph's op types as TensorFlow's summarize_graph lists them (CheckNumerics 99 times)
+    real = ("Const CheckNumerics Identity BatchNormWithGlobalNormalization Conv2D Relu Concat AvgPool MaxPool Sub "
+            "Softmax ResizeBilinear Reshape Mul MatMul ExpandDims DecodeJpeg Cast BiasAdd").split()
+    assert set(real) <= inception_file.ALLOWED_OPS
+    assert not {"WriteFile", "ReadFile", "PyFunc", "SaveV2", "PrintV2"} & inception_file.ALLOWED_OPS
 
 
 # ---------------------------------------------------------------- npz streaming and the Inception file

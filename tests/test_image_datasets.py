@@ -19,6 +19,7 @@ from guided_diffusion.image_datasets import (
     load_data,
     load_superres_data,
 )
+from guided_diffusion.image_modes import to_rgb
 
 from launch import make_image_folder
 
@@ -54,6 +55,46 @@ def test_labels_from_prefixes():
     assert classes == ["n01", "n02"] and labels == [1, 0, 1]
     with pytest.raises(ValueError, match="holds 2 classes .* but --num_classes is 1"):
         class_labels(["/d/n02_1.png", "/d/n01_7.png"], "/d", num_classes=1)
+
+
+def test_numeric_class_names_sort_by_value():
+    """0..11: "10" and "11" are labels 10 and 11, not 2 and 3 as a text sort makes them."""
+    paths = [f"/d/{k}_{i}.png" for i in range(2) for k in (11, 2, 0, 10, 1, 3, 4, 5, 6, 7, 8, 9)]
+    labels, classes = class_labels(paths, "/d")
+    assert classes == [str(k) for k in range(12)]
+    assert labels == [int(os.path.basename(p).split("_")[0]) for p in paths]
+    _, mixed = class_labels(["/d/b_1.png", "/d/10_1.png", "/d/a_1.png", "/d/9_1.png", "/d/09_1.png"], "/d")
+    assert mixed == ["09", "9", "10", "a", "b"]  # numbers by value first, then text
+
+
+def test_empty_class_name_is_refused():
+    paths = [f"/d/{k}_0.png" for k in range(12)] + ["/d/_x.png"]
+    with pytest.raises(ValueError) as info:
+        class_labels(sorted(paths), "/d")
+    assert str(info.value) == ("/d/_x.png: empty class name (the file name starts with '_'; the class is the name's "
+                               "part before the first '_', e.g. 3_0001.png): rename the file or move it out of /d")
+
+
+def test_given_class_names_fix_the_labels():
+    """A validation folder missing a class keeps the training labels; a class training never saw is refused."""
+    labels, classes = class_labels(["/v/2_0.png", "/v/0_0.png"], "/v", class_names=["0", "1", "2"])
+    assert classes == ["0", "1", "2"] and labels == [2, 0]
+    with pytest.raises(ValueError, match=r"^/v/7_0.png: class '7' is not among the 3 classes of the training data "
+                                         r"\(0, 1, 2\)$"):
+        class_labels(["/v/2_0.png", "/v/7_0.png"], "/v", class_names=["0", "1", "2"])
+
+
+def test_sixteen_bit_grayscale_png_scales_to_eight_bits(tmp_path):
+    """A 16-bit grayscale PNG (PIL mode "I;16" or "I") keeps its gray levels instead of turning white."""
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16).repeat(4, axis=0)  # 0, 1, 128, 255 in 8 bits
+    Image.fromarray(values).save(tmp_path / "a_wide.png")
+    with Image.open(tmp_path / "a_wide.png") as image:
+        assert image.mode in ("I;16", "I")
+        assert np.array_equal(np.asarray(to_rgb(image))[0, :, 0], [0, 1, 128, 255])
+        assert np.array_equal(np.asarray(to_rgb(image.convert("I")))[0, :, 0], [0, 1, 128, 255])
+    item = ImageDataset(4, [str(tmp_path / "a_wide.png")], random_flip=False)[0][0]
+    expected = np.array([0, 1, 128, 255], np.float32) / 127.5 - 1
+    assert np.allclose(item[:, 0, :], expected[None, :])
 
 
 def _reference_center_crop(image, size):
@@ -115,6 +156,21 @@ def test_corrupt_files(tmp_path):
         next(data)
     assert str(info.value).startswith("cannot read image") and "c0_bad.png" in str(info.value)
     assert set(multiprocessing.active_children()) == running  # the loader's worker has stopped
+
+
+def test_the_skip_hint_is_given_only_without_the_flag(tmp_path):
+    make_image_folder(tmp_path, count=2)
+    (tmp_path / "c0_bad.png").write_bytes(b"\x89PNG broken")
+    paths = list_image_files_recursively(str(tmp_path))
+    bad = paths.index(str(tmp_path / "c0_bad.png"))
+    with pytest.warns(UserWarning) as warned:
+        ImageDataset(8, paths, skip_bad_images=True)[bad]
+    messages = [str(w.message) for w in warned]
+    assert any(m.startswith(f"skipping cannot read image {tmp_path / 'c0_bad.png'}: ") for m in messages), messages
+    assert not any("--skip_bad_images" in m for m in messages), messages
+    with pytest.warns(UserWarning), pytest.raises(BadImageError) as info:
+        ImageDataset(8, [str(tmp_path / "c0_bad.png")], skip_bad_images=True)[0]
+    assert str(info.value) == "no readable image among the 1 files of this rank"  # nor does the error
 
 
 def test_load_data_batches_labels_and_resume(tmp_path):

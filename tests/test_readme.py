@@ -22,6 +22,7 @@ COVERAGE = {
     "pip install torch": "by hand; setup.sh installs the pinned CPU build instead",
     'pip install -e ".[mpi,eval,dev]"': "ci (setup.sh installs these extras)",
     'pip install -e ".[eval]"': "ci (setup.sh installs this extra)",
+    'pip install -e ".[latent]"': "ci (setup.sh installs this extra)",
     "python evaluations/evaluator.py REF.npz SAMPLE.npz [--json metrics.json]": "download: the Inception graph",
     "python tests/inception_standin.py standin.pb": "test tests/test_readme.py::test_readme_offline_commands",
     "python evaluations/evaluator.py REF.npz SAMPLE.npz --inception_path standin.pb --json metrics.json":

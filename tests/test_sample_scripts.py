@@ -142,3 +142,5 @@ def test_bad_input(trained, base_samples, tmp_path):
           "was trained with image_size 32 but the model uses 16")
     fails("classifier_sample.py", ["--model_path", trained["model"], "--classifier_path", trained["classifier"],
                                    "--classes", "7"], "--classes '7': labels must lie in 0..3")
+    fails("classifier_sample.py", ["--model_path", trained["model"], "--classifier_path", trained["classifier"],
+                                   "--classes", "5-3"], "--classes '5-3': a range must go upward, e.g. 3-5, not 5-3")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -194,3 +196,71 @@ def test_dead_rank_ends_the_run(images, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def numbered_images(tmp_path_factory):
+    """24 images of 12 classes named 0..11 (0_000.png ... 11_011.png): a text sort would put 10 before 2."""
+    folder = tmp_path_factory.mktemp("numbered")
+    make_image_folder(folder, count=24, size=16, classes=12)
+    for name in os.listdir(folder):
+        os.rename(folder / name, folder / name[1:])  # c3_003.png -> 3_003.png
+    return str(folder)
+
+
+def _without_num_classes(flags):
+    i = flags.index("--num_classes")
+    return flags[:i] + flags[i + 2:]
+
+
+def test_num_classes_and_class_names_come_from_the_data(numbered_images, tmp_path):
+    """No --num_classes: the model gets the data's 12 classes (not 1000), args.json keeps the label order, and
+    sampling rebuilds the same network from it, drawing labels 0..11; --classes needs a labelled model."""
+    log_dir = tmp_path / "model"
+    call_main("image_train.py", ["--data_dir", numbered_images, "--log_dir", log_dir, "--batch_size", 4,
+                                 "--max_steps", 1, "--save_interval", 1, *_without_num_classes(TINY_MODEL)])
+    saved = json.loads((log_dir / "args.json").read_text())
+    assert saved["num_classes"] == 12 and saved["class_names"] == [str(k) for k in range(12)]
+    assert _weights(log_dir / "model000001.pt")["label_emb.weight"].shape[0] == 12
+    samples = tmp_path / "samples"
+    call_main("image_sample.py", ["--model_path", log_dir / "model000001.pt", "--num_samples", 24, "--batch_size", 24,
+                                  "--timestep_respacing", 2, "--log_dir", samples, "--grid", False])
+    with np.load(samples / "samples_24x16x16x3.npz") as data:
+        labels = data["arr_1"]
+    assert labels.min() >= 0 and labels.max() <= 11 and len(set(labels.tolist())) > 5
+
+    plain = tmp_path / "plain"
+    call_main("image_train.py", ["--data_dir", numbered_images, "--log_dir", plain, "--batch_size", 4,
+                                 "--max_steps", 1, "--save_interval", 1, *_without_num_classes(TINY_MODEL),
+                                 "--class_cond", False])
+    assert "class_names" not in json.loads((plain / "args.json").read_text())
+    code, stderr = run_main("image_sample.py", ["--model_path", plain / "model000001.pt", "--classes", "3",
+                                                "--num_samples", 2, "--timestep_respacing", 2,
+                                                "--log_dir", tmp_path / "bad"])
+    assert code == 2 and stderr == (
+        f"image_sample.py: error: --classes 3: the model {plain / 'model000001.pt'} is unconditional (class_cond "
+        "False), so it would ignore the labels; use a class-conditional model or guide this one with a classifier "
+        "(classifier_sample.py --classifier_path)")
+
+
+def test_classifier_num_classes_from_the_data(numbered_images, tmp_path):
+    log_dir = tmp_path / "clf"
+    call_main("classifier_train.py", ["--data_dir", numbered_images, "--val_data_dir", numbered_images,
+                                      "--log_dir", log_dir, "--batch_size", 4, "--iterations", 1,
+                                      "--save_interval", 1, *_without_num_classes(TINY_CLASSIFIER)])
+    saved = json.loads((log_dir / "args.json").read_text())
+    assert saved["num_classes"] == 12 and saved["class_names"] == [str(k) for k in range(12)]
+    assert _weights(log_dir / "model000001.pt")["out.2.c_proj.weight"].shape[0] == 12
+
+
+@pytest.mark.parametrize("script", ["image_train.py", "classifier_train.py"])
+def test_stray_file_with_an_empty_class_name(numbered_images, tmp_path, script):
+    folder = tmp_path / "stray"
+    shutil.copytree(numbered_images, folder)
+    shutil.copy(folder / "0_000.png", folder / "_x.png")
+    flags = [*TINY_MODEL, "--max_steps", 1] if script == "image_train.py" else [*TINY_CLASSIFIER, "--iterations", 1]
+    code, stderr = run_main(script, ["--data_dir", folder, "--log_dir", tmp_path / "bad", "--batch_size", 4,
+                                     *_without_num_classes(flags)])
+    assert code == 2 and stderr == (
+        f"{script}: error: {folder / '_x.png'}: empty class name (the file name starts with '_'; the class is the "
+        f"name's part before the first '_', e.g. 3_0001.png): rename the file or move it out of {folder}")
