@@ -3,7 +3,8 @@ pass once (the original evaluator recomputes the reference batch's activations o
 
 An entry is ``<cache dir>/reference_activations/<key>.npz`` with ``acts`` (pool_3) and ``acts_spatial`` (sFID
 features) of the reference images, plus their FID statistics when the reference file has none, where the key
-hashes the SHA-256 of the reference file's bytes, the SHA-256 of the Inception file and the batch size.
+hashes the SHA-256 of the reference file's bytes, the SHA-256 of the Inception file and the batch size (and the
+backend when it is not TensorFlow).
 Beside it, ``<key>.radii_<precision>.npz`` keeps the reference's k-NN radii for precision/recall.
 Files are written atomically; an unreadable or inconsistent one is ignored and rebuilt.
 """
@@ -51,9 +52,11 @@ def valid_statistics(stats: Stats, acts: Activations) -> bool:
     )
 
 
-def cache_entry(cache_dir: Path, ref_path: str, graph_sha256: str, batch_size: int) -> Path:
-    """Where the activations of the reference file ``ref_path`` under this graph and batch size are kept."""
-    key = hashlib.sha256(f"{file_sha256(ref_path)}:{graph_sha256}:{batch_size}".encode()).hexdigest()
+def cache_entry(cache_dir: Path, ref_path: str, graph_sha256: str, batch_size: int, backend: str = "tf") -> Path:
+    """Where the activations of the reference file ``ref_path`` under this graph, batch size and backend (``tf``, or
+    ``torch`` for the graph converted to PyTorch, whose float32 rounding differs) are kept."""
+    backend_key = "" if backend == "tf" else f":{backend}"
+    key = hashlib.sha256(f"{file_sha256(ref_path)}:{graph_sha256}:{batch_size}{backend_key}".encode()).hexdigest()
     return Path(cache_dir) / CACHE_SUBDIR / f"{key}.npz"
 
 

@@ -78,8 +78,13 @@ def check_count(images: Images, minimum: int, purpose: str) -> None:
 
 
 def load_network(args: argparse.Namespace) -> tuple[InceptionGraph, InceptionNetwork]:
-    """Import the Inception graph (given, cached or downloaded) into a TensorFlow session."""
+    """The Inception graph (given, cached or downloaded) imported into a TensorFlow session, or with
+    ``--backend torch`` converted to a PyTorch module (imported only then)."""
     graph = load_graph(args.inception_path, args.inception_url, args.cache_dir)
+    if args.backend == "torch":
+        from evaluations.inception_torch import TorchInceptionNetwork
+
+        return graph, TorchInceptionNetwork(graph, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     return graph, InceptionNetwork(graph.graph_def, graph.source)
 
 
@@ -282,6 +287,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inception_path", metavar="PB", help="frozen Inception GraphDef to use (no download)")
     parser.add_argument("--inception_url", default=INCEPTION_URL, help="where to download the graph from")
     parser.add_argument(
+        "--backend",
+        choices=("tf", "torch"),
+        default="tf",
+        help="what runs the Inception graph: tf (default, TensorFlow, as the original) or torch (the same graph "
+        "converted to PyTorch, on CUDA when available; equal to tf within float32 rounding on the stand-in graph, "
+        "see evaluations/README.md)",
+    )
+    parser.add_argument(
         "--cache_dir",
         help="folder for the downloaded graph and the reference activation cache (default: "
         "$GUIDED_DIFFUSION_CACHE, else $XDG_CACHE_HOME/guided_diffusion, else ~/.cache/guided_diffusion)",
@@ -359,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = "TensorFlow is required: pip install tensorflow-cpu (or tensorflow)"
         if err.name == "torch":
-            message = "PyTorch is required for fd_dinov2: pip install torch"
+            message = "PyTorch is required for fd_dinov2 and --backend torch: pip install torch"
         print(f"evaluator.py: error: {message}", file=sys.stderr)
         return 2
     if "pr" in args.metrics and args.distance_precision != "float16":

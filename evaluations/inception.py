@@ -86,10 +86,15 @@ class InceptionNetwork:
 
     def features(self, batches: Iterable[np.ndarray], count: int, softmax: bool, desc: str) -> Features:
         """Run ``count`` images (uint8 NHWC batches) through the graph once, fetching every feature per batch."""
-        with FeatureCollector(self, count, softmax, desc) as collector:
-            for batch in prefetch(batches):
-                collector.add(batch)
-        return collector.result()
+        return network_features(self, batches, count, softmax, desc)
+
+
+def network_features(network: Any, batches: Iterable[np.ndarray], count: int, softmax: bool, desc: str) -> Features:
+    """Features of ``count`` images from ``network.run`` (either backend), batch by batch, with a progress bar."""
+    with FeatureCollector(network, count, softmax, desc) as collector:
+        for batch in prefetch(batches):
+            collector.add(batch)
+    return collector.result()
 
 
 class FeatureCollector:
@@ -98,7 +103,7 @@ class FeatureCollector:
     Use it as a context manager around the pass, so that its progress bar is closed however the pass ends.
     """
 
-    def __init__(self, network: InceptionNetwork, count: int, softmax: bool, desc: str):
+    def __init__(self, network: Any, count: int, softmax: bool, desc: str):
         self.network, self.count, self.softmax, self.desc = network, count, softmax, desc
         self.done = 0
         self._outputs: list[np.ndarray] | None = None

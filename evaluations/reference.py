@@ -68,7 +68,8 @@ def reference_features(
     """
     use_cache = cache_dir is not None and isinstance(images, NpzImages)
     acts = stored_activations(images, reference, graph)
-    entry = cache_entry(cache_dir, images.path, graph.sha256, batch_size) if use_cache else None
+    backend = getattr(network, "backend", "tf")
+    entry = cache_entry(cache_dir, images.path, graph.sha256, batch_size, backend) if use_cache else None
     if acts is not None:
         return ReferenceFeatures(acts, reference.stats or fid_statistics(*acts), entry)
     if entry is not None:

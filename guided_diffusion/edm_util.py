@@ -12,11 +12,28 @@ import torch
 
 from . import edm2
 from .edm import preconditioning
+from .latent_training import network_channels
 from .objectives import EDMConditioning, EDMLoss
 from .script_util import parse_attention_resolutions
 
 # EDM2's training presets (train_edm2.py): width and dropout per size.
 EDM2_SIZES = {"xs": (128, 0.0), "s": (192, 0.0), "m": (256, 0.1), "l": (320, 0.1), "xl": (384, 0.1)}
+# The full presets of train_edm2.py's config_presets, named img64-<size> and img512-<size> (latents of 512x512
+# images): width, dropout, learning rate, the images before its decay (EDM2's "decay" in batches of 2048) and the
+# noise-level distribution; EDM2 ramps the learning rate up over 10M images and trains in batches of 2048.
+EDM2_FULL_PRESETS = {
+    **{f"img512-{size}": dict(model_channels=channels, dropout=dropout, lr=lr, lr_ref_images=70000 * 2048,
+                              lr_rampup_images=10e6, p_mean=-0.4, p_std=1.0)
+       for size, channels, dropout, lr in (("xxs", 64, 0.0, 0.0170), ("xs", 128, 0.0, 0.0120),
+                                           ("s", 192, 0.0, 0.0100), ("m", 256, 0.1, 0.0090),
+                                           ("l", 320, 0.1, 0.0080), ("xl", 384, 0.1, 0.0070),
+                                           ("xxl", 448, 0.1, 0.0065))},
+    **{f"img64-{size}": dict(model_channels=channels, dropout=dropout, lr=lr, lr_ref_images=35000 * 2048,
+                             lr_rampup_images=10e6, p_mean=-0.8, p_std=1.6)
+       for size, channels, dropout, lr in (("xs", 128, 0.0, 0.0120), ("s", 192, 0.0, 0.0100),
+                                           ("m", 256, 0.1, 0.0090), ("l", 320, 0.1, 0.0080),
+                                           ("xl", 384, 0.1, 0.0070))},
+}
 ARCHS = ("adm", "edm2")
 OBJECTIVES = ("adm", "edm", "edm2")
 
@@ -57,11 +74,14 @@ def resolve_edm_flags(args: argparse.Namespace, explicit: set[str] = frozenset()
         raise ValueError(f"--objective {args.objective} predicts the clean image; --learn_sigma True does not apply")
     if arch == "edm2":
         if args.edm2_preset:
-            if args.edm2_preset not in EDM2_SIZES:
-                raise ValueError(f"--edm2_preset {args.edm2_preset!r}: choose one of {', '.join(EDM2_SIZES)}")
-            channels, dropout = EDM2_SIZES[args.edm2_preset]
-            args.model_channels = args.model_channels if "model_channels" in explicit else channels
-            args.dropout = args.dropout if "dropout" in explicit else dropout
+            if args.edm2_preset not in EDM2_SIZES and args.edm2_preset not in EDM2_FULL_PRESETS:
+                raise ValueError(f"--edm2_preset {args.edm2_preset!r}: choose one of {', '.join(EDM2_SIZES)} "
+                                 f"(width and dropout), or {', '.join(EDM2_FULL_PRESETS)} (EDM2's full presets)")
+            channels, dropout = EDM2_SIZES.get(args.edm2_preset, (None, None))
+            preset = EDM2_FULL_PRESETS.get(args.edm2_preset, dict(model_channels=channels, dropout=dropout))
+            for flag, value in preset.items():  # flags given explicitly win
+                if flag not in explicit and hasattr(args, flag):
+                    setattr(args, flag, value)
         if args.use_fp16:
             raise ValueError("--use_fp16 with --arch edm2: EDM2 networks keep float32 weights (their forced weight "
                              "normalization); use --use_bf16")
@@ -141,8 +161,9 @@ def create_sigma_space_network(flags, create_adm: Callable[[], torch.nn.Module] 
     not needed for EDM2)."""
     if getattr(flags, "arch", "adm") == "edm2":
         label_dim = flags.num_classes if flags.class_cond else 0
-        return edm2.Precond(img_resolution=flags.image_size, img_channels=3, label_dim=label_dim, use_fp16=False,
-                            sigma_data=flags.sigma_data, **edm2_unet_kwargs(flags))
+        return edm2.Precond(img_resolution=flags.image_size, img_channels=network_channels(flags),
+                            label_dim=label_dim, use_fp16=False, sigma_data=flags.sigma_data,
+                            **edm2_unet_kwargs(flags))
     return ADMPrecond(create_adm(), flags.sigma_data)
 
 

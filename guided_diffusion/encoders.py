@@ -88,6 +88,10 @@ class Encoder:
         """Final latents -> raw uint8 pixels."""
         raise NotImplementedError
 
+    def pixel_size(self, latent_size: int) -> int:
+        """The side of the images that final latents of side `latent_size` decode to."""
+        return latent_size
+
 
 class StandardRGBEncoder(Encoder):
     """Pixels as they are: final latents are uint8 values v mapped to v / 127.5 - 1, i.e. into [-1, 1]."""
@@ -152,6 +156,13 @@ class StabilityVAEEncoder(Encoder):
             self._vae = load_stability_vae(self.vae_name, device=device)
         else:
             self._vae.to(device)
+
+    def pixel_size(self, latent_size: int) -> int:
+        """The VAE's decoder doubles the side once per level after the first (8 times for Stability's four), so
+        this loads the VAE (on the CPU unless `init` already did) to read its levels."""
+        if self._vae is None:
+            self.init("cpu")
+        return latent_size * 2 ** (len(self._vae.config.block_out_channels) - 1)
 
     def _const(self, value: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(1, -1, 1, 1)

@@ -5,7 +5,8 @@ name's prefix before the first "_" (ImageNet's n01440764_10026.JPEG is class n01
 map to labels 0..K-1, numeric names by value (2 before 10) ahead of the others; an empty name is refused. The
 training scripts save the names in label order as "class_names" in the run's args.json. Each rank reads every
 world_size-th file. The order of an epoch and each image's random crop/flip depend only on (seed, epoch, index),
-so a run resumed at batch N sees exactly the batches an uninterrupted run would.
+so a run resumed at batch N sees exactly the batches an uninterrupted run would. A zip, or a folder with a
+dataset.json, is a dataset in NVlabs EDM2's layout (latents or images, labels from dataset.json): latent_datasets.py.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .image_modes import to_rgb
+from .latent_datasets import BadDataFileError, archive_class_names, is_archive_dataset, open_archive_dataset
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 
 
-class BadImageError(ValueError):
+class BadImageError(BadDataFileError):
     """An image file that cannot be decoded."""
 
 
@@ -97,8 +99,11 @@ def resolve_class_flags(args, explicit: set[str], class_cond: bool) -> None:
     before the network is built and args.json written, so sampling rebuilds the same label set."""
     if not class_cond:
         return
-    names = class_labels(list_image_files_recursively(args.data_dir), args.data_dir,
-                         args.num_classes if "num_classes" in explicit else None)[1]
+    if is_archive_dataset(args.data_dir):
+        names = archive_class_names(args.data_dir, args.num_classes if "num_classes" in explicit else None)
+    else:
+        names = class_labels(list_image_files_recursively(args.data_dir), args.data_dir,
+                             args.num_classes if "num_classes" in explicit else None)[1]
     if "num_classes" not in explicit:
         args.num_classes = len(names)
     args.class_names = names
@@ -270,9 +275,9 @@ class ImageBatches:
     def __next__(self):
         try:
             batch = next(self._it)
-        except BadImageError as e:  # a worker's error arrives wrapped in its traceback: keep the message
+        except BadDataFileError as e:  # a worker's error arrives wrapped in its traceback: keep the message
             lines = [line for line in str(e).splitlines() if line.strip()]
-            message = lines[-1].split("BadImageError: ", 1)[-1]
+            message = lines[-1].split(f"{type(e).__name__}: ", 1)[-1]
         else:
             self.position += 1
             if self.low_res_size:
@@ -298,14 +303,23 @@ def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bo
     """
     from . import dist_util
 
-    paths = list_image_files_recursively(data_dir)
-    labels, class_names = (class_labels(paths, data_dir, num_classes, class_names) if class_cond
-                           else (None, None))
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
-    dataset = ImageDataset(image_size, paths, classes=labels, shard=rank, num_shards=world,
-                           random_crop=random_crop, random_flip=random_flip, seed=seed,
-                           skip_bad_images=skip_bad_images, random_resize=random_resize,
-                           min_crop_frac=min_crop_frac, with_control=with_control)
+    if is_archive_dataset(data_dir):  # EDM2's layout: latents or images, labels from dataset.json
+        if random_crop or random_resize or with_control:
+            raise ValueError(f"--random_crop, --random_resize and --control_cond apply to image folders, but "
+                             f"{data_dir} is a dataset in EDM2's layout (stored at its training size)")
+        dataset, index = open_archive_dataset(data_dir, image_size, class_cond, num_classes, shard=rank,
+                                              num_shards=world, random_flip=random_flip, seed=seed,
+                                              skip_bad_images=skip_bad_images)
+        paths, class_names = index.files, (class_names or index.class_names) if class_cond else None
+    else:
+        paths = list_image_files_recursively(data_dir)
+        labels, class_names = (class_labels(paths, data_dir, num_classes, class_names) if class_cond
+                               else (None, None))
+        dataset = ImageDataset(image_size, paths, classes=labels, shard=rank, num_shards=world,
+                               random_crop=random_crop, random_flip=random_flip, seed=seed,
+                               skip_bad_images=skip_bad_images, random_resize=random_resize,
+                               min_crop_frac=min_crop_frac, with_control=with_control)
     if len(dataset) < batch_size:
         raise ValueError(
             f"{data_dir} has {len(paths)} images, {len(dataset)} for each of {world} processes: fewer than "

@@ -166,7 +166,11 @@ def load_network_pickle(path: str, key: str = "ema") -> torch.nn.Module:
     """The network stored under `key` of an NVlabs pickle (EDM and EDM2 snapshots keep it under "ema"), rebuilt
     as this project's module in eval mode, without executing anything from the file; the other entries are not
     constructed. Anything refused, damaged or inconsistent is a one-line ValueError naming the file."""
-    data = read_pickle(path)
+    return _network_entry(read_pickle(path), key, path)
+
+
+def _network_entry(data, key: str, path: str) -> torch.nn.Module:
+    """The network of the pickle's `key` entry (or of the whole pickle when it is one record)."""
     if isinstance(data, dict):
         if key not in data:
             raise ValueError(f"{path} has no {key!r} entry (it has {', '.join(str(k)[:40] for k in list(data)[:12])})")
@@ -174,6 +178,20 @@ def load_network_pickle(path: str, key: str = "ema") -> torch.nn.Module:
     if not isinstance(data, Record):
         raise ValueError(f"{path}: the {key!r} entry is a {type(data).__name__}, not a network")
     return build(data, path)
+
+
+def load_generator(path: str) -> tuple[torch.nn.Module, Record | None]:
+    """The network of an NVlabs pickle or converted network (load_network) and, from one read of the file, the
+    pickle's "encoder" record: what maps its images to pixels (EDM2's StandardRGBEncoder or, for its img512
+    networks, StabilityVAEEncoder; data only, see encoders.encoder_from_record). None where nothing is recorded
+    (EDM's snapshots, converted networks)."""
+    if not path.endswith(".pkl"):
+        return load_converted(path), None
+    data = read_pickle(path)
+    encoder = data.get("encoder") if isinstance(data, dict) else None
+    if encoder is not None and not isinstance(encoder, Record):
+        raise ValueError(f"{path}: the 'encoder' entry is a {type(encoder).__name__}, not an encoder record")
+    return _network_entry(data, "ema", path), encoder
 
 
 def _args_json(path: str) -> str:
@@ -226,8 +244,8 @@ def load_network(path: str, key: str = "ema") -> torch.nn.Module:
 
 
 # EDM2's generator presets (its generate_images.py): name -> (network, guide network or None, guide scale). The
-# files are posted at EDM2_URL. The img512 networks work on latents: they resolve, and loading them says that
-# decoding needs Stability's VAE, which this project does not include.
+# files are posted at EDM2_URL. The img512 networks work on 4-channel latents of Stability's VAE (their pickles'
+# encoder record names it); sampling decodes them to pixels (guided_diffusion/latents.py).
 EDM2_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
 EDM2_PRESETS: dict[str, tuple[str, str | None, float]] = {
     "edm2-img512-xs-fid": ("edm2-img512-xs-2147483-0.135.pkl", None, 1.0),

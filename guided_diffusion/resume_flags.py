@@ -39,6 +39,8 @@ CHECKPOINT_FLAGS = frozenset({
     "control_gating", "control_dropout_prob",
     # the averaged weights saved with every checkpoint
     "ema_rate", "phema_stds",
+    # what the network sees: pixels, or latents of this VAE (the encoder sampling decodes with)
+    "encoder", "vae",
 })
 
 # Flags a continued run may change: they steer training, not what its checkpoints are.

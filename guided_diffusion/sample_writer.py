@@ -184,16 +184,18 @@ class Trajectory:
     """A sampler callback that keeps the denoised estimate D(x_i; sigma_i) of the first `count` images at every
     step (at most max_columns - 1 of the run's `steps` steps, evenly spaced, for long chains such as DDPM-1000)
     and writes them as a PNG strip: one row per image, one column per step from the noisiest on the left, the
-    final image last."""
+    final image last. to_pixels converts the estimates (default: pixels in [-1, 1]; a latent network's decoder)."""
 
-    def __init__(self, count: int, steps: int, max_columns: int = 100):
+    def __init__(self, count: int, steps: int, max_columns: int = 100,
+                 to_pixels: Callable[[torch.Tensor], np.ndarray] | None = None):
         self.count = count
+        self.to_pixels = to_pixels or to_uint8
         self.keep = set(np.linspace(0, steps - 1, min(steps, max_columns - 1)).round().astype(int).tolist())
         self.columns: list[np.ndarray] = []
 
     def __call__(self, i: int, sigma: torch.Tensor, x: torch.Tensor, denoised: torch.Tensor) -> None:
         if i in self.keep:
-            self.columns.append(to_uint8(denoised[:self.count].float()))
+            self.columns.append(self.to_pixels(denoised[:self.count].float()))
 
     def save(self, path: str, final: np.ndarray) -> None:
         """Write the strip with the final images `final` (uint8 NHWC) as the last column."""

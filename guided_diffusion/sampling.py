@@ -7,6 +7,8 @@ folder, build and load the networks, the guidance from the flags) and the batch 
   written at once (sample_writer), so a long run holds no samples in memory and a rerun resumes.
 - Architecture flags come from the args.json beside a checkpoint trained here, unless given explicitly
   (checkpoint_flags); the sampler and its options are looked up in sampler_dispatch; guidance is guidance.py.
+- A network on latents (EDM2's img512) samples latents, which its encoder decodes to pixels batch by batch
+  (latents.py); --image_size is then the decoded size.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import dist_util, edm_util, logger, nvlabs
+from . import dist_util, edm_util, latents, logger, nvlabs
 from .checkpoint import load_weights
 from .control import parse_control
 from .checkpoint_flags import (
     apply_checkpoint_args,
+    checkpoint_args,
     configure_logging,
     explicit_flags,
     namespace_from_flags,
     require_file,
 )
 from .denoiser import Denoiser, PrecondDenoiser, classifier_timestep
+from .encoders import Encoder
 from .fileio import NpzArray
 from .guidance import Guidance, Interval, check_guidance, classifier_cond_fn
 from .objectives import EDMConditioning
@@ -73,6 +77,12 @@ def sampling_defaults() -> dict:
     )
 
 
+def latent_flag_defaults() -> dict:
+    """The flag of the scripts that sample latent networks (EDM2 img512): the VAE that decodes their latents, a
+    directory written by AutoencoderKL.save_pretrained or a hub name ("" = the one the network's pickle names)."""
+    return dict(vae="")
+
+
 def classifier_flag_defaults() -> dict:
     """The classifier-guidance flags of the scripts that take a classifier."""
     return dict(classifier_path="", classifier_scale=1.0, classifier_interval="")
@@ -105,9 +115,20 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
         implied = {**nvlabs_flags(args.model_path, "model_path"), "clip_denoised": False}  # EDM does not clip D
         vars(args).update({k: v for k, v in implied.items() if k not in explicit})
     else:
-        apply_checkpoint_args(args, args.model_path, architecture, explicit, "model_path")
+        saved = apply_checkpoint_args(args, args.model_path, architecture, explicit, "model_path")
+        trained = latents.trained_encoder(saved, f"--model_path {args.model_path}")
+        if trained is not None:  # trained here on latents: the network's channels and size, decoded later
+            args.encoder, args.latent_channels, args.latent_size = saved["encoder"], trained[1], trained[2]
         if edm_util.uses_sigma_space(args) and "clip_denoised" not in explicit:
             args.clip_denoised = False  # trained in sigma space: D unclipped, as EDM samples
+    space = _latent_space(args.model_path, "model_path")
+    if space is not None and getattr(args, "classifier_path", ""):
+        raise ValueError(f"--classifier_path {args.classifier_path}: the classifier sees pixels but the model "
+                         f"{args.model_path} works in latent space ({space}), so its gradient cannot guide it; "
+                         "guide it with image_sample.py --cfg_scale or --guide_model_path")
+    if space is None and getattr(args, "vae", ""):
+        raise ValueError(f"--vae {args.vae}: the model {args.model_path} works on pixels; --vae is for networks "
+                         "on latents (EDM2's img512)")
     if args.classes and not args.class_cond and not getattr(args, "classifier_path", ""):
         raise ValueError(f"--classes {args.classes}: the model {args.model_path} is unconditional (class_cond False), "
                          "so it would ignore the labels; use a class-conditional model or guide this one with a "
@@ -117,6 +138,8 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
         check()
     guidance_settings(args)  # bad guidance and sampler flags fail before any process starts
     sampler_options(args)
+    if space is not None:
+        _use_decoded_size(args, explicit)
     dist_util.setup_dist()
     configure_logging(script, args)
     return guide
@@ -137,7 +160,14 @@ def guide_args(args, architecture: dict, size_flag: str = "image_size") -> argpa
     else:
         guide = namespace_from_flags(architecture, args.guide_flags, args.guide_model_path, "guide_model_path")
     where = f"--guide_model_path {args.guide_model_path}"
-    for flag in (size_flag, "small_size"):  # an upsampler's input size must match too
+    model_space = _latent_space(getattr(args, "model_path", ""), "model_path")  # cascade_sample: ADM bases only
+    guide_space = _latent_space(args.guide_model_path, "guide_model_path")
+    if (model_space or guide_space) and model_space != guide_space:
+        detail = f" (scale {guide_space.scale} and bias {guide_space.bias}, not {model_space.scale} and " \
+                 f"{model_space.bias})" if str(model_space) == str(guide_space) else ""
+        raise ValueError(f"{where} works on {guide_space or 'pixels'} but the model on {model_space or 'pixels'}"
+                         f"{detail}: a guide must share the model's latent space")
+    for flag in (size_flag, "small_size") if model_space is None else ():  # an upsampler's input size too
         if hasattr(args, flag) and getattr(guide, flag) != getattr(args, flag):
             what = "makes" if flag == size_flag else "upsamples"
             raise ValueError(f"{where} {what} {getattr(guide, flag)}x{getattr(guide, flag)} images but the model "
@@ -168,18 +198,60 @@ def is_nvlabs_pickle(path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=2)
+def _nvlabs_checkpoint(path: str) -> tuple[torch.nn.Module, nvlabs.Record | None]:
+    """The network of an NVlabs checkpoint and its encoder record, read once per process (its flags, its latent
+    space and the network come from one read)."""
+    return nvlabs.load_generator(path)
+
+
 def _nvlabs_network(path: str) -> torch.nn.Module:
-    """The network of an NVlabs checkpoint, read once per process (its flags and the network come from one read)."""
-    return nvlabs.load_network(path)
+    return _nvlabs_checkpoint(path)[0]
+
+
+def _latent_space(path: str, flag: str) -> latents.LatentSpace | None:
+    """The latent space the network at `path` works in; None for networks on pixels (ADM checkpoints included).
+    The VAE is the one the network's pickle names (a guide shares the model's --vae)."""
+    if not path or not is_nvlabs_pickle(path):  # a network trained here on latents records them in args.json
+        trained = latents.trained_encoder(checkpoint_args(path), f"--{flag} {path}") if path else None
+        return None if trained is None else latents.latent_space(*trained)
+    net, record = _nvlabs_checkpoint(path)
+    encoder = latents.encoder_for(record, net.img_channels, f"--{flag} {path}")
+    return None if encoder is None else latents.latent_space(encoder, net.img_channels, net.img_resolution)
 
 
 def nvlabs_flags(path: str, flag: str) -> dict:
-    """The sampling flags an NVlabs network implies: image size and labels (pixel-space networks only)."""
-    net = _nvlabs_network(path)
-    if net.img_channels != 3:
-        raise ValueError(f"--{flag} {path} works on {net.img_channels}-channel latents (EDM2 img512): decoding them "
-                         "needs Stability's VAE, which this project does not include; use an img64 network")
-    return dict(image_size=net.img_resolution, class_cond=net.label_dim > 0, num_classes=net.label_dim or 1)
+    """The sampling flags an NVlabs network implies: image size and labels, and for a network on latents (EDM2's
+    img512) their channels and size (its image size becomes the decoded one once the VAE is loaded)."""
+    net, record = _nvlabs_checkpoint(path)
+    flags = dict(image_size=net.img_resolution, class_cond=net.label_dim > 0, num_classes=net.label_dim or 1)
+    if latents.encoder_for(record, net.img_channels, f"--{flag} {path}") is not None:
+        flags.update(latent_channels=net.img_channels, latent_size=net.img_resolution)
+    return flags
+
+
+def latent_encoder(args) -> Encoder:
+    """The encoder of the latent network --model_path, its VAE loaded on the CPU (--vae, else the one its pickle
+    names), once per process."""
+    return _latent_encoder(args.model_path, getattr(args, "vae", ""))
+
+
+@functools.lru_cache(maxsize=1)
+def _latent_encoder(path: str, vae: str) -> Encoder:
+    where = f"--model_path {path}"
+    if not is_nvlabs_pickle(path):  # trained here: the encoder its args.json records
+        return latents.load_vae(latents.trained_encoder(checkpoint_args(path), where)[0], vae, where)
+    net, record = _nvlabs_checkpoint(path)
+    return latents.load_vae(latents.encoder_for(record, net.img_channels, where), vae, where)
+
+
+def _use_decoded_size(args, explicit: set) -> None:
+    """Load a latent network's VAE (one-line errors before any process starts) and make --image_size the side of
+    the decoded images, which the samples npz holds."""
+    size = latent_encoder(args).pixel_size(args.latent_size)
+    if "image_size" in explicit and args.image_size != size:
+        raise ValueError(f"--image_size {args.image_size}: the model {args.model_path} makes {args.latent_size}x"
+                         f"{args.latent_size} latents, which decode to {size}x{size} images; leave --image_size out")
+    args.image_size = size
 
 
 def build(create: Callable, flags, architecture: dict, path: str, flag: str, use_fp16: bool = False):
@@ -190,7 +262,9 @@ def build(create: Callable, flags, architecture: dict, path: str, flag: str, use
     if is_nvlabs_pickle(path) or edm_util.uses_sigma_space(flags):
         if is_nvlabs_pickle(path):
             net = _nvlabs_network(path).to(dist_util.dev())
-        else:  # trained here with --objective edm or --arch edm2
+        else:  # trained here with --objective edm or --arch edm2 (on latents: their size, not the decoded one)
+            if getattr(flags, "latent_size", 0):
+                flags = argparse.Namespace(**{**vars(flags), "image_size": flags.latent_size})
             net = edm_util.create_sigma_space_network(flags, lambda: create(**args_to_dict(flags, adm_keys))[0])
             load_network(net, path, flag, use_fp16)
         adm = create_gaussian_diffusion(steps=flags.diffusion_steps, noise_schedule=flags.noise_schedule)
@@ -300,28 +374,30 @@ def labels_for(indices: list[int], seed: int, num_classes: int, classes: list[in
                         dtype=torch.long)
 
 
-def _trajectory_for(indices: list[int], count: int, steps: int) -> Trajectory | None:
+def _trajectory_for(indices: list[int], count: int, steps: int,
+                    to_pixels: Callable[[torch.Tensor], np.ndarray] = to_uint8) -> Trajectory | None:
     """A Trajectory for the batch that starts at sample 0, when --save_trajectory asks for one."""
     if count <= 0 or indices[0] != 0:
         return None
     if count > len(indices):
         logger.warn(f"--save_trajectory {count}: the first batch holds {len(indices)} images, the strip shows those")
-    return Trajectory(min(count, len(indices)), steps)
+    return Trajectory(min(count, len(indices)), steps, to_pixels=to_pixels)
 
 
 def _sample(diffusion, model_fn, shape, kwargs: dict, indices: list[int], args, options: SamplerOptions,
-            guidance: Guidance, steps: int) -> np.ndarray:
+            guidance: Guidance, steps: int, to_pixels: Callable[[torch.Tensor], np.ndarray] = to_uint8) -> np.ndarray:
     """uint8 NHWC samples of one batch, with the trajectory strip when this batch holds sample 0; diffusion None
-    means model_fn is a denoiser at continuous sigma (an EDM/EDM2 network)."""
+    means model_fn is a denoiser at continuous sigma (an EDM/EDM2 network); to_pixels converts the sampler's
+    output (pixels in [-1, 1], or latents to decode)."""
     rng = SampleRNG([args.seed + i for i in indices])
-    trajectory = _trajectory_for(indices, args.save_trajectory, steps)
+    trajectory = _trajectory_for(indices, args.save_trajectory, steps, to_pixels)
     if diffusion is None:
         sample = run_sigma_sampler(model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
                                    device=dist_util.dev())
     else:
         sample = run_sampler(diffusion, model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
                              device=dist_util.dev())
-    images = to_uint8(sample)
+    images = to_pixels(sample)
     if trajectory is not None:
         trajectory.save(os.path.join(logger.get_dir(), "trajectory.png"), images)
     return images
@@ -329,8 +405,11 @@ def _sample(diffusion, model_fn, shape, kwargs: dict, indices: list[int], args, 
 
 def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> Callable:
     """make_batch(indices) for a base (non-upsampling) model: labels (when class-conditional or guided by a
-    classifier) and noise from each sample's seed, the guidance, uint8 images out."""
+    classifier) and noise from each sample's seed, the guidance, uint8 images out (a latent network's latents
+    decoded by its encoder)."""
     guidance = guidance or Guidance()
+    encoder = latent_encoder(args) if getattr(args, "latent_channels", 0) else None
+    to_pixels = to_uint8 if encoder is None else latents.pixel_converter(encoder, dist_util.dev())
     model_fn = model if diffusion is None else model_fn_for(model, args.class_cond, args.use_bf16)
     labelled = args.class_cond or guidance.cond_fn is not None  # a classifier needs labels for any model
     classes = parse_classes(args.classes, args.num_classes) if labelled else None
@@ -350,8 +429,11 @@ def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> 
             kwargs["y"] = labels.to(dist_util.dev())
         if control is not None:
             kwargs["control"] = control.expand(len(indices), -1)
-        shape = (len(indices), 3, args.image_size, args.image_size)
-        return _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance, steps), labels
+        if encoder is None:
+            shape = (len(indices), 3, args.image_size, args.image_size)
+        else:
+            shape = (len(indices), args.latent_channels, args.latent_size, args.latent_size)
+        return _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance, steps, to_pixels), labels
 
     return make_batch
 

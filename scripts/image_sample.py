@@ -6,6 +6,11 @@ Guidance: --cfg_scale W (a model trained with label dropout), --guide_model_path
 (autoguidance), each limited to noise levels lo < sigma <= hi by --cfg_interval / --guide_interval lo,hi.
 The output, samples_{N}x{H}x{W}x3.npz in the log folder, is what evaluations/evaluator.py and
 super_res_sample.py --base_samples read. Image i depends only on --seed + i.
+
+EDM2's img512 networks (--preset edm2-img512-..., or their .pkl) work on latents: each batch is decoded to pixels
+by the VAE their pickle names (Stability's, from the Hugging Face hub) or by --vae (a directory written by
+AutoencoderKL.save_pretrained, or a hub name); this needs pip install -e ".[latent]". So do networks trained here on
+latents (image_train.py --encoder stability_vae): their args.json records the channels, latent size and VAE.
 """
 
 
@@ -33,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def create_argparser():
     defaults = sampling.sampling_defaults()
+    defaults.update(sampling.latent_flag_defaults())
     defaults.update(model_and_diffusion_defaults())
     defaults.update(edm_util.edm_defaults())
     return cli.make_parser(__doc__, defaults)

@@ -9,7 +9,12 @@ for classifier-free guidance at sampling time (image_sample.py --cfg_scale).
 EDM's and EDM2's recipes: --objective edm trains the ADM network in EDM's preconditioning with EDM's loss;
 --arch edm2 [--edm2_preset xs|s|m|l|xl] trains EDM2's network with its loss and learned uncertainty (Adam betas
 0.9,0.99; add --lr_ref_images/--lr_rampup_images for its learning-rate schedule). With --phema_stds 0.05,0.10
-scripts/reconstruct_ema.py picks the EMA length afterwards.
+scripts/reconstruct_ema.py picks the EMA length afterwards. --edm2_preset img512-xs .. img512-xxl (and img64-xs ..
+img64-xl) set EDM2's full presets: width, dropout, learning rate and its decay, noise levels.
+
+Latents (EDM2's ImageNet 512x512 recipe): --arch edm2 --encoder stability_vae --data_dir LATENTS trains on a
+dataset written by datasets/encode_latents.py (or EDM2's dataset_tool.py encode), drawing a fresh sample of each
+image's VAE posterior per batch; --vae names the VAE for decoding (default: the one the dataset names).
 
 Control conditioning (control.py, with --objective edm): --random_crop True --random_resize 0.5,1 --control_cond
 crop,flip,size records each image's augmentation and tells the network; --control_dropout_prob trains the null
@@ -19,6 +24,7 @@ record for --control_cfg_scale; --class_attention True feeds the label to the at
 from guided_diffusion import cli, dist_util, edm_util, logger
 from guided_diffusion.checkpoint_flags import explicit_flags
 from guided_diffusion.image_datasets import load_data, parse_random_resize, resolve_class_flags
+from guided_diffusion.latent_training import latent_defaults, resolve_latent_flags, wrap_data
 from guided_diffusion.script_util import (
     args_to_dict,
     create_model_and_diffusion,
@@ -33,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     cli.require_data_dir(args.data_dir)
     edm_util.resolve_edm_flags(args, explicit_flags(argv))
     resolve_class_flags(args, explicit_flags(argv), args.class_cond)  # --num_classes from the data; class_names
+    resolve_latent_flags(args, explicit_flags(argv))  # --encoder against the data; the encoder for args.json
     cli.start(args, "image_train")
 
     logger.log("creating model and diffusion...")
@@ -41,14 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     model.to(dist_util.dev())
 
     def make_data(start_batch):
-        return load_data(
+        return wrap_data(args, load_data(
             data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
             class_cond=args.class_cond, random_crop=args.random_crop, random_flip=args.random_flip,
             skip_bad_images=args.skip_bad_images, num_classes=args.num_classes, seed=args.seed,
             num_workers=args.num_workers, start_batch=start_batch,
             random_resize=parse_random_resize(args.random_resize), min_crop_frac=args.min_crop_frac,
             with_control=bool(args.control_cond), class_names=getattr(args, "class_names", None),
-        )
+        ), dist_util.dev(), dist_util.get_rank())
 
     train_diffusion_from_args(args, model, diffusion, make_data, label_dropout=args.class_dropout_prob,
                               null_label=null_label(args.num_classes, args.class_dropout_prob),
@@ -56,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def create_argparser():
-    return cli.make_parser(__doc__, model_and_diffusion_defaults(), edm_util.edm_defaults(), cli.training_defaults())
+    return cli.make_parser(__doc__, model_and_diffusion_defaults(), edm_util.edm_defaults(), cli.training_defaults(),
+                           latent_defaults())
 
 
 if __name__ == "__main__":

@@ -24,3 +24,12 @@ def digits_judge_session(tmp_path_factory):
 
     cache = str(tmp_path_factory.mktemp("cache"))
     return DigitsJudge(cache=cache), cache
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh default cache dir for one test (inherited by subprocesses), so no test sees another's cached graph,
+    converted network or activations."""
+    folder = tmp_path / "default_cache"
+    monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(folder))
+    return folder

@@ -10,6 +10,8 @@ module builds a cheap graph that the evaluator loads through ``--inception_path`
 * ``softmax/logits/MatMul``: ``pool_3`` (reshaped) times a ``[2048, 1008]`` weight.
 
 Features are non-linear in the image, so FID, sFID and precision/recall are non-trivial.
+``evaluations/inception_standin.py`` writes a larger stand-in with the real graph's op types, node names and
+architecture (used by tests/test_inception_torch.py for both backends).
 """
 
 from pathlib import Path
@@ -71,10 +73,3 @@ def smooth_images(count: int, size: int = 64, seed: int = 0, shift: float = 0.0)
     pixels *= 255.0
     return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
 
-
-if __name__ == "__main__":  # python tests/inception_standin.py OUT.pb: the stand-in graph, for offline checks
-    import sys
-
-    if len(sys.argv) != 2:
-        sys.exit("usage: python tests/inception_standin.py OUT.pb")
-    print(f"wrote the stand-in Inception graph (random weights; its numbers mean nothing) to {write_graph(sys.argv[1])}")

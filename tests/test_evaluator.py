@@ -52,12 +52,7 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("evaluator")
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    """A fresh default cache dir per test (inherited by subprocesses), so no test sees another's cache."""
-    folder = tmp_path / "default_cache"
-    monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("cache_dir")  # a fresh default cache dir per test (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,7 @@ from evaluations.errors import EvaluatorError
 FIXTURE = Path(__file__).parent / "fixtures" / "dinov2"
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "default_cache"
-    monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("cache_dir")  # a fresh default cache dir per test (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -240,8 +240,11 @@ def test_edm2_presets_resolve_to_files_and_name_the_download(tmp_path, stand_ins
         "edm2-img512-xxl-0939524-0.075.pkl", "edm2-img512-m-0268435-0.155.pkl", 2.05)
     latent = edm2.Precond(**{**SMALL, "img_channels": 4})
     path = _write(tmp_path / "latent.pkl", {"ema": _Persistent(latent, {**SMALL, "img_channels": 4})})
-    code, stderr = run_main("image_sample.py", ["--model_path", path, "--log_dir", tmp_path / "bad"])
-    assert code == 2 and "works on 4-channel latents (EDM2 img512): decoding them needs Stability's VAE" in stderr
+    code, stderr = run_main("image_sample.py", ["--model_path", path, "--vae", tmp_path / "no_vae", "--log_dir",
+                                                tmp_path / "bad"])  # latents: decoded by a VAE (here a missing one)
+    assert code == 2 and stderr == (f"image_sample.py: error: --vae {tmp_path / 'no_vae'}: no such directory "
+                                    "(expected a directory written by AutoencoderKL.save_pretrained, or a hub name "
+                                    "such as stabilityai/sd-vae-ft-mse)")
     for name in ("edm2-img64-s-1073741-0.045.pkl", "edm2-img64-xs-0134217-0.110.pkl"):
         (tmp_path / name).touch()
     flags = nvlabs.resolve_preset("edm2-img64-s-autog-fid", str(tmp_path))

@@ -154,9 +154,13 @@ def test_the_edm2_snapshot_samples_and_converts(tmp_path):
     samples = [read_samples(tmp_path / d / "samples_2x16x16x3.npz") for d in ("pkl", "st")]
     np.testing.assert_array_equal(samples[0]["arr_0"], samples[1]["arr_0"])
     assert samples[0]["arr_1"].tolist() == [1, 3]
-    latent, _ = _fixture("edm2_latent")
-    code, stderr = run_main("image_sample.py", ["--model_path", latent, *common, "--log_dir", tmp_path / "latent"])
-    assert code == 2 and f"--model_path {latent} works on 4-channel latents (EDM2 img512)" in stderr, stderr
+    latent, _ = _fixture("edm2_latent")  # decoded by the tiny VAE of tests/fixtures/encoders (8x8 -> 64x64)
+    vae = os.path.join(os.path.dirname(FIXTURES), "encoders", "vae")
+    code, stderr = run_main("image_sample.py", ["--model_path", latent, "--vae", vae, *common, "--log_dir",
+                                                tmp_path / "latent"])
+    assert code == 0, stderr
+    samples = read_samples(tmp_path / "latent" / "samples_2x64x64x3.npz")
+    assert samples["arr_0"].dtype == np.uint8 and samples["arr_1"].tolist() == [1, 3]
 
 
 # --- crafted pickles --------------------------------------------------------------------------------------------

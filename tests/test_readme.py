@@ -24,7 +24,8 @@ COVERAGE = {
     'pip install -e ".[eval]"': "ci (setup.sh installs this extra)",
     'pip install -e ".[latent]"': "ci (setup.sh installs this extra)",
     "python evaluations/evaluator.py REF.npz SAMPLE.npz [--json metrics.json]": "download: the Inception graph",
-    "python tests/inception_standin.py standin.pb": "test tests/test_readme.py::test_readme_offline_commands",
+    "python evaluations/inception_standin.py --seed 0 --width_divisor 8 standin.pb":
+        "test tests/test_readme.py::test_readme_offline_commands",
     "python evaluations/evaluator.py REF.npz SAMPLE.npz --inception_path standin.pb --json metrics.json":
         "test tests/test_readme.py::test_readme_offline_commands",
     "python datasets/digits_judge.py --out_dir judged unguided=samples_a.npz guided=samples_b.npz":
@@ -40,6 +41,7 @@ DOWNLOAD_PREFIXES = {  # commands on the released checkpoints (downloads) or on 
     "python scripts/image_train.py --data_dir DIR": "your data (DIR)",
     "python scripts/image_sample.py --model_path runs/.../": "your trained run",
     "python scripts/image_sample.py --model_path edm2-": "download: EDM2's released pickles",
+    "python scripts/image_sample.py --preset edm2-img512-": "download: EDM2's released pickles and Stability's VAE",
     "python scripts/classifier_sample.py --model_path edm-": "download: EDM's released pickle",
     "python scripts/convert_checkpoint.py edm2-": "download: EDM2's released pickles",
     "python scripts/reconstruct_ema.py --run_dir runs/image_train-": "your trained run",
@@ -131,8 +133,9 @@ def test_readme_offline_commands(tmp_path, digits_judge_session):
         proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-2000:])
         outputs[argv[1]] = proc.stdout
-    assert list(outputs) == ["datasets/digits_judge.py", "tests/inception_standin.py", "evaluations/evaluator.py"]
-    assert "wrote the stand-in Inception graph" in outputs["tests/inception_standin.py"]
+    assert list(outputs) == ["datasets/digits_judge.py", "evaluations/inception_standin.py",
+                             "evaluations/evaluator.py"]
+    assert "wrote the stand-in Inception graph" in outputs["evaluations/inception_standin.py"]
     assert all(f"\n{name}: " in outputs["evaluations/evaluator.py"]
                for name in ("Inception Score", "FID", "sFID", "Precision", "Recall"))
     assert (tmp_path / "metrics.json").exists()
