@@ -306,6 +306,7 @@ def _stand_in(model_dir, file: str, role: str) -> None:
     (model_dir / file).write_bytes(_STAND_INS[key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", list(nvlabs.EDM2_PRESETS))
 def test_every_preset_resolves_and_samples_end_to_end(tmp_path, stand_ins, preset):
     net, guide, scale = nvlabs.EDM2_PRESETS[preset]
