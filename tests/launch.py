@@ -172,3 +172,20 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120)
             proc.kill()
             raise AssertionError(f"no {what} after {timeout:.0f} s")
         time.sleep(0.01)
+
+
+def train_straight_and_killed(args_for, tmp_path, last_checkpoint: str):
+    """Train tmp_path/straight uninterrupted; train tmp_path/killed, SIGKILL it once its step-2 checkpoint is
+    written, then rerun it (--resume_checkpoint auto in args_for). Returns (straight, killed) folders."""
+    import signal
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_script("image_train.py", args_for(straight))
+    proc = subprocess.Popen(command("image_train.py", [str(a) for a in args_for(killed)]), env=script_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (killed / "opt000002.pt").exists(), proc, "checkpoint at step 2")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / last_checkpoint).exists()
+    assert "resuming from" in run_script("image_train.py", args_for(killed)).stdout
+    return straight, killed

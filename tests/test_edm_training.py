@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from guided_diffusion.objectives import EDMConditioning, EDMLoss, LogNormalSigma
 from guided_diffusion.script_util import create_model
 from guided_diffusion.train_util import TrainLoop
 
-from launch import command, make_image_folder, read_samples, run_main, run_script, script_env, wait_for
+from launch import make_image_folder, read_samples, run_main, run_script, train_straight_and_killed
 
 TINY_ADM = ("--image_size 16 --num_channels 32 --num_res_blocks 1 --channel_mult 1,2 --attention_resolutions '' "
             "--class_cond True --num_classes 4 --class_dropout_prob 0.2").split()
@@ -282,17 +280,7 @@ def test_sigkill_then_auto_resume_gives_the_same_snapshot_series(images, tmp_pat
                 "--save_interval", 2, "--log_interval", 2, "--lr", 1e-2, "--phema_stds", "0.05,0.10",
                 "--phema_interval", 8, "--resume_checkpoint", "auto", *_flags(TINY_EDM2)]
 
-    straight = tmp_path / "straight"
-    run_script("image_train.py", args(straight))
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(command("image_train.py", [str(a) for a in args(killed)]), env=script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (killed / "opt000002.pt").exists(), proc, "checkpoint at step 2")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "model000010.pt").exists()
-    resumed = run_script("image_train.py", args(killed))
-    assert "resuming from" in resumed.stdout
+    straight, killed = train_straight_and_killed(args, tmp_path, "model000010.pt")
     want = json.load(open(straight / "phema.json"))
     assert json.load(open(killed / "phema.json")) == want and len(want) == 10  # 5 snapshots of 2 widths
     for name in want:

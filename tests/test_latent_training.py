@@ -7,8 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import subprocess
 import zipfile
 
 import numpy as np
@@ -20,7 +18,7 @@ from guided_diffusion.encoders import StabilityVAEEncoder
 from guided_diffusion.latent_training import EncodedBatches, encoder_from_args, network_channels
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
-from launch import ROOT, call_main, command, make_image_folder, run_main, run_script, script_env, wait_for
+from launch import ROOT, call_main, make_image_folder, run_main, run_script, train_straight_and_killed
 
 VAE_DIR = os.path.join(ROOT, "tests", "fixtures", "encoders", "vae")
 TINY_LATENT = ["--arch", "edm2", "--encoder", "stability_vae", "--image_size", "8", "--model_channels", "16",
@@ -157,17 +155,7 @@ def test_sigkill_then_auto_resume_gives_identical_weights(latents, tmp_path):
                 "--save_interval", 2, "--log_interval", 2, "--lr", 1e-2, "--ema_rate", "0.9",
                 "--phema_stds", "0.05,0.10", "--phema_interval", 16, "--resume_checkpoint", "auto", *TINY_LATENT]
 
-    straight = tmp_path / "straight"
-    run_script("image_train.py", args(straight))
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(command("image_train.py", [str(a) for a in args(killed)]), env=script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (killed / "opt000002.pt").exists(), proc, "checkpoint at step 2")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "model000016.pt").exists()
-    resumed = run_script("image_train.py", args(killed))
-    assert "resuming from" in resumed.stdout
+    straight, killed = train_straight_and_killed(args, tmp_path, "model000016.pt")
     names = ["model000016.pt", "ema_0.9_000016.pt", *json.load(open(straight / "phema.json"))]
     assert json.load(open(killed / "phema.json")) == json.load(open(straight / "phema.json"))
     for name in names:
