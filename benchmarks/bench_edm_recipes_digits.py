@@ -32,13 +32,12 @@ from seed_summary import finish_plot, load_results, mean_std, pass_header  # noq
 
 from guided_diffusion import edm_util  # noqa: E402
 from guided_diffusion.checkpoint_flags import checkpoint_args  # noqa: E402
-from guided_diffusion.denoiser import Denoiser  # noqa: E402
 from guided_diffusion.fileio import atomic_write  # noqa: E402
 from guided_diffusion.guidance import Guidance  # noqa: E402
 from guided_diffusion.rng import SampleRNG  # noqa: E402
 from guided_diffusion.sample_writer import save_grid, to_uint8  # noqa: E402
 from guided_diffusion.sampler_dispatch import SamplerOptions, run_sigma_sampler  # noqa: E402
-from guided_diffusion.sampling import build, model_fn_for  # noqa: E402
+from guided_diffusion.loader import load_model  # noqa: E402
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults  # noqa: E402
 
 ARMS = ("adm", "adm-edm", "edm2")
@@ -53,10 +52,8 @@ def load_denoiser(path: str):
     architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
     flags = argparse.Namespace(**{**architecture, **{k: v for k, v in checkpoint_args(path).items()
                                                      if k in architecture}, "timestep_respacing": ""})
-    model, diffusion = build(create_model_and_diffusion, flags, architecture, path, "model_path")
-    if diffusion is None:
-        return model, True
-    return Denoiser(diffusion, model_fn_for(model, flags.class_cond)), False
+    loaded = load_model(create_model_and_diffusion, flags, architecture, path, "model_path")
+    return loaded.denoiser, not loaded.timesteps
 
 
 def trained_steps(run_dir: str) -> int:

@@ -36,7 +36,7 @@ from guided_diffusion.guidance import Guidance, Interval, classifier_cond_fn  # 
 from guided_diffusion.rng import SampleRNG  # noqa: E402
 from guided_diffusion.sample_writer import save_grid, to_uint8  # noqa: E402
 from guided_diffusion.sampler_dispatch import SamplerOptions, run_sampler  # noqa: E402
-from guided_diffusion.sampling import load_network, model_fn_for  # noqa: E402
+from guided_diffusion.loader import load_module_weights, model_fn_for  # noqa: E402
 from guided_diffusion.script_util import (  # noqa: E402
     classifier_defaults,
     create_classifier,
@@ -84,14 +84,14 @@ def load_model(path: str):
     flags.update({k: v for k, v in checkpoint_args(path).items() if k in flags})
     flags["timestep_respacing"] = ""
     model, diffusion = create_model_and_diffusion(**flags)
-    load_network(model, path, "model_path")
+    load_module_weights(model, path, "model_path")
     return model_fn_for(model, flags["class_cond"]), diffusion, flags
 
 
 def load_classifier(path: str) -> torch.nn.Module:
     flags = classifier_defaults()
     flags.update({k: v for k, v in checkpoint_args(path).items() if k in flags})
-    return load_network(create_classifier(**flags), path, "classifier_path")
+    return load_module_weights(create_classifier(**flags), path, "classifier_path")
 
 
 class Counted:

@@ -33,7 +33,7 @@ from guided_diffusion.denoiser import Denoiser
 from guided_diffusion.rng import SampleRNG
 from guided_diffusion.checkpoint_flags import checkpoint_args
 from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
-from guided_diffusion.sampling import load_network, model_fn_for
+from guided_diffusion.loader import load_module_weights, model_fn_for
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
     create_model_and_diffusion,
@@ -59,7 +59,7 @@ class Network:
         self.flags.update({k: saved[k] for k in self.flags if k in saved})
         self.flags["timestep_respacing"] = ""
         model, _ = create_model_and_diffusion(**self.flags)
-        load_network(model, model_path, "model_path")
+        load_module_weights(model, model_path, "model_path")
         self.model_fn = model_fn_for(model, self.flags["class_cond"])
         self.num_samples = num_samples
         self.shape = (num_samples, 3, self.flags["image_size"], self.flags["image_size"])

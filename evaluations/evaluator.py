@@ -6,10 +6,13 @@ Run from the project root:
     python evaluations/evaluator.py --ref_stats_out MY_REF.npz IMAGES.npz|IMAGE_FOLDER
     python evaluations/evaluator.py --metrics fid,fd_dinov2 REF.pkl SAMPLE.npz|IMAGE_FOLDER
     python evaluations/evaluator.py --ref_stats_out MY_REF.pkl --metrics fd_dinov2 IMAGES.npz|IMAGE_FOLDER
+    python evaluations/evaluator.py --metrics fid,fd_dinov2 REF.pkl RUN_FOLDER --seeds 0-49999 50000-99999 ...
 
 Same graph, tensors and metric definitions as guided-diffusion's ``evaluations/evaluator.py``,
 with streamed npz reading, one feature pass per batch and eigenvalue-based Fréchet distances;
-FD_DINOv2 and the ``.pkl`` statistics as NVlabs' EDM2 ``calculate_metrics.py``.
+FD_DINOv2 and the ``.pkl`` statistics as NVlabs' EDM2 ``calculate_metrics.py``.  Samples may be a sampling run's
+output folder; 50,000 images are expected (``--num_images``), and ``--seeds`` evaluates several seed sets of a run
+and reports their minimum and mean (``run_samples.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from evaluations.metrics import (
     precision_recall,
 )
 from evaluations.npz_io import CONVERSION, NpzImages, ReferenceFile, read_reference
+from evaluations.run_samples import PUBLISHED_COUNT, SampleSet, open_samples, sample_sets, seed_set_report
+from evaluations.seed_sets import parse_seed_sets
 from evaluations.stats_files import STATS_METRICS, Stats, write_edm2_pkl
 from evaluations.reference import (
     Images,
@@ -100,85 +105,119 @@ def _needs_reference_batch(metrics: tuple[str, ...], ref_path: str, stats: Stats
         )
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, float | str]:
-    """The chosen metrics of ``args.sample_batch`` against ``args.ref_batch`` (and the k-NN distance precision
-    when precision/recall are among them)."""
-    metrics = args.metrics
-    ref_stats_file = reference_statistics_file(args.ref_batch)
-    if ref_stats_file is not None:
-        if args.image_size is not None:
-            raise EvaluatorError(f"{args.ref_batch}: --image_size applies to image folders only")
-        _needs_reference_batch(metrics, args.ref_batch, ref_stats_file)
-    ref = None if ref_stats_file is not None else open_images(args.ref_batch, args.image_size)
-    sample = open_images(args.sample_batch, args.image_size)
-    for images in (ref, sample):
+class Evaluation:
+    """The reference side of an evaluation, prepared once (networks loaded, the reference's features or statistics
+    read or computed), then any number of sample sets measured against it: ``--seeds`` costs one reference pass,
+    not one per set."""
+
+    def __init__(self, args: argparse.Namespace):
+        """Open and check the reference; nothing is computed yet (see ``prepare``)."""
+        self.args = args
+        self.ref_stats_file = reference_statistics_file(args.ref_batch)
+        if self.ref_stats_file is not None:
+            if args.image_size is not None:
+                raise EvaluatorError(f"{args.ref_batch}: --image_size applies to image folders only")
+            _needs_reference_batch(args.metrics, args.ref_batch, self.ref_stats_file)
+        self.ref = None if self.ref_stats_file is not None else open_images(args.ref_batch, args.image_size)
+        self.ref_features = self.ref_radii = self.dinov2 = self.dinov2_ref = None
+
+    def check(self, images: Images | None) -> None:
+        """Refuse a reference or sample set with too few images for the metrics."""
         if images is not None:
             check_count(images, 2, "FID statistics")
-            if "pr" in metrics:
+            if "pr" in self.args.metrics:
                 check_count(images, NEIGHBOURHOOD + 1, PR_PURPOSE)
-    results: dict[str, float | str] = {}
-    if INCEPTION_METRICS & set(metrics):
-        results.update(inception_metrics(args, ref, ref_stats_file, sample))
-    if "fd_dinov2" in metrics:
-        network = dinov2_network(args)
-        ref_stats = ref_stats_file["fd_dinov2"] if ref_stats_file else None
-        if ref_stats is not None and ref_stats[0].shape != (network.dim,):
-            raise EvaluatorError(f"{args.ref_batch}: fd_dinov2 mu has {ref_stats[0].shape[0]} dimensions, the "
-                                 f"DINOv2 features have {network.dim}")
-        if ref_stats is None:
-            ref_stats = dinov2_statistics(network, ref, args.batch_size, "reference")
-        sample_stats = dinov2_statistics(network, sample, args.batch_size, "sample")
-        results["fd_dinov2"] = fd("FD_DINOv2", sample_stats, ref_stats, sample.path, args.ref_batch)
-    return results
 
+    def prepare(self) -> None:
+        """Load the networks and compute (or read) what the metrics need of the reference, once."""
+        args, metrics, ref = self.args, self.args.metrics, self.ref
+        if INCEPTION_METRICS & set(metrics):
+            reference = read_reference(ref.path) if isinstance(ref, NpzImages) else ReferenceFile()
+            self.graph, self.network = load_network(args)
+            if ref is not None and {"fid", "sfid", "pr"} & set(metrics):
+                cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+                self.ref_features = reference_features(ref, reference, self.network, self.graph, args.batch_size,
+                                                       cache_dir)
+        if "fd_dinov2" in metrics:
+            self.dinov2 = dinov2_network(args)
+            ref_stats = self.ref_stats_file["fd_dinov2"] if self.ref_stats_file else None
+            if ref_stats is not None and ref_stats[0].shape != (self.dinov2.dim,):
+                raise EvaluatorError(f"{args.ref_batch}: fd_dinov2 mu has {ref_stats[0].shape[0]} dimensions, the "
+                                     f"DINOv2 features have {self.dinov2.dim}")
+            if ref_stats is None:
+                ref_stats = dinov2_statistics(self.dinov2, ref, args.batch_size, "reference")
+            self.dinov2_ref = ref_stats
 
-def inception_metrics(
-    args: argparse.Namespace, ref: Images | None, ref_stats_file: Stats | None, sample: Images
-) -> dict[str, float | str]:
-    """The ADM-suite metrics among ``args.metrics``; ``ref`` None when the reference is ``ref_stats_file``."""
-    metrics = args.metrics
-    reference = read_reference(ref.path) if isinstance(ref, NpzImages) else ReferenceFile()
-    graph, network = load_network(args)
+    def measure(self, sample: Images) -> dict[str, float | str]:
+        """The chosen metrics of ``sample`` against the prepared reference (and the k-NN distance precision when
+        precision/recall are among them)."""
+        results: dict[str, float | str] = {}
+        if INCEPTION_METRICS & set(self.args.metrics):
+            results.update(self.inception_metrics(sample))
+        if "fd_dinov2" in self.args.metrics:
+            sample_stats = dinov2_statistics(self.dinov2, sample, self.args.batch_size, "sample")
+            results["fd_dinov2"] = fd("FD_DINOv2", sample_stats, self.dinov2_ref, sample.path, self.args.ref_batch)
+        return results
 
-    ref_features = None
-    if ref is not None and {"fid", "sfid", "pr"} & set(metrics):
-        cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-        ref_features = reference_features(ref, reference, network, graph, args.batch_size, cache_dir)
-    print("computing sample batch activations...")
-    sample_features = network.features(
-        sample.batches(args.batch_size), sample.count, softmax="is" in metrics, desc="sample"
-    )
-
-    print("computing evaluations...")
-    results: dict[str, float | str] = {}
-    if "is" in metrics:
-        results["inception_score"] = inception_score(sample_features.softmax)
-    for name, key, features in (("fid", "", sample_features.pool), ("sfid", "_s", sample_features.spatial)):
-        if name not in metrics:
-            continue
-        if ref_features is None:  # a statistics file (only FID statistics are possible there)
-            ref_mu, ref_sigma = ref_stats_file["fid"]
-        else:
-            ref_mu, ref_sigma = ref_features.stats[f"mu{key}"], ref_features.stats[f"sigma{key}"]
-        mu, sigma = feature_statistics(features)
-        if ref_mu.shape != mu.shape:
-            raise EvaluatorError(
-                f"{args.ref_batch}: mu{key} has {ref_mu.shape[0]} dimensions, the features have {mu.shape[0]}"
-            )
-        try:
-            results[name] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
-        except ValueError as err:  # e.g. non-finite features from a broken graph
-            raise EvaluatorError(
-                f"{sample.path} against {args.ref_batch}: cannot compute {name.upper()} ({err})"
-            ) from None
-    if "pr" in metrics:
-        kernels = DISTANCE_KERNELS[args.distance_precision]()
-        ref_radii = cached_reference_radii(ref_features, kernels, args.distance_precision)
-        precision, recall = precision_recall(
-            ref_features.acts[0], sample_features.pool, kernels, ref_radii=ref_radii
+    def inception_metrics(self, sample: Images) -> dict[str, float | str]:
+        """The ADM-suite metrics among ``args.metrics``."""
+        args, metrics, ref_features = self.args, self.args.metrics, self.ref_features
+        print("computing sample batch activations...")
+        sample_features = self.network.features(
+            sample.batches(args.batch_size), sample.count, softmax="is" in metrics, desc="sample"
         )
-        results.update(precision=precision, recall=recall, distance_precision=args.distance_precision)
-    return results
+
+        print("computing evaluations...")
+        results: dict[str, float | str] = {}
+        if "is" in metrics:
+            results["inception_score"] = inception_score(sample_features.softmax)
+        for name, key, features in (("fid", "", sample_features.pool), ("sfid", "_s", sample_features.spatial)):
+            if name not in metrics:
+                continue
+            if ref_features is None:  # a statistics file (only FID statistics are possible there)
+                ref_mu, ref_sigma = self.ref_stats_file["fid"]
+            else:
+                ref_mu, ref_sigma = ref_features.stats[f"mu{key}"], ref_features.stats[f"sigma{key}"]
+            mu, sigma = feature_statistics(features)
+            if ref_mu.shape != mu.shape:
+                raise EvaluatorError(
+                    f"{args.ref_batch}: mu{key} has {ref_mu.shape[0]} dimensions, the features have {mu.shape[0]}"
+                )
+            try:
+                results[name] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
+            except ValueError as err:  # e.g. non-finite features from a broken graph
+                raise EvaluatorError(
+                    f"{sample.path} against {args.ref_batch}: cannot compute {name.upper()} ({err})"
+                ) from None
+        if "pr" in metrics:
+            kernels = DISTANCE_KERNELS[args.distance_precision]()
+            if self.ref_radii is None:
+                self.ref_radii = cached_reference_radii(ref_features, kernels, args.distance_precision)
+            precision, recall = precision_recall(
+                ref_features.acts[0], sample_features.pool, kernels, ref_radii=self.ref_radii
+            )
+            results.update(precision=precision, recall=recall, distance_precision=args.distance_precision)
+        return results
+
+
+def evaluate(args: argparse.Namespace) -> tuple[list[SampleSet], list[dict[str, float | str]]]:
+    """The sample sets that ``args`` ask for (the whole sample batch, its first ``--num_images`` images, or one set
+    per ``--seeds`` argument) and the metrics of each against ``args.ref_batch``. Every input is checked before
+    the first feature pass; warnings about short sets come after the reference is ready, before the samples."""
+    evaluation = Evaluation(args)
+    sets = sample_sets(open_samples(args.sample_batch, args.image_size), args.seed_sets, args.num_images)
+    for images in (evaluation.ref, *(sample_set.images for sample_set in sets)):
+        evaluation.check(images)
+    evaluation.prepare()
+    for sample_set in sets:
+        if sample_set.warning:
+            print(sample_set.warning, file=sys.stderr)
+    results = []
+    for sample_set in sets:
+        if sample_set.seed_set is not None:
+            print(f"seed set {sample_set.seed_set.text}: {sample_set.images.count} images")
+        results.append(evaluation.measure(sample_set.images))
+    return sets, results
 
 
 def build_reference(args: argparse.Namespace) -> None:
@@ -231,6 +270,26 @@ def check_ref_stats_out(args: argparse.Namespace) -> None:
                              "statistics) file name")
 
 
+def check_sample_choice(args: argparse.Namespace) -> None:
+    """Resolve ``--num_images`` (``args.num_images``: an int, or None for all images) and ``--seeds``
+    (``args.seed_sets``), with a one-line error for values that choose nothing."""
+    if args.ref_stats_out is not None:
+        given = [flag for flag, value in (("--num_images", args.num_images), ("--seeds", args.seeds)) if value]
+        if given:
+            verb = "choose" if len(given) > 1 else "chooses"
+            raise EvaluatorError(f"{' and '.join(given)} {verb} sample images; --ref_stats_out uses every image of "
+                                 "the reference")
+        return
+    text = str(PUBLISHED_COUNT) if args.num_images is None else args.num_images.strip()
+    if text == "all":
+        args.num_images = None
+    elif text.isdigit() and int(text) > 0:
+        args.num_images = int(text)
+    else:
+        raise EvaluatorError(f"--num_images {args.num_images}: expected a positive number of images or 'all'")
+    args.seed_sets = parse_seed_sets(args.seeds) if args.seeds is not None else None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -257,12 +316,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "ref_batch",
+        nargs="?",  # required; checked below, with a hint when --seeds took it
         help="reference: .npz with images in arr_0 (and optionally precomputed mu, sigma, mu_s, sigma_s), "
         "a folder of .png/.jpg images, EDM2's statistics .pkl (fid, fd_dinov2) or EDM's statistics .npz (mu, "
         "sigma: FID only)",
     )
-    parser.add_argument("sample_batch", nargs="?", help="samples: .npz with images in arr_0, or an image folder")
+    parser.add_argument("sample_batch", nargs="?", help="samples: a sampling run's output folder (its "
+                        "samples_*.npz), an .npz with images in arr_0, or an image folder")
     parser.add_argument("--json", metavar="PATH", help="also write the metrics to PATH as JSON")
+    parser.add_argument(
+        "--num_images",
+        metavar="N|all",
+        help=f"sample images per evaluation (default {PUBLISHED_COUNT}, as published FIDs): more are cut to the "
+        "first N (said on stdout), fewer are evaluated with a warning that the numbers are not comparable; all: "
+        "every image, as the original evaluator",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        action="extend",
+        metavar="LIST",
+        help="evaluate several seed sets of a sampling run, as EDM2 does (e.g. --seeds 0-49999 50000-99999 "
+        "100000-149999; each set in EDM2's syntax, such as 1,2,5-10) and report each set's metrics and their "
+        "minimum and mean; the seeds come from the run's record beside its npz, or from image names (000123.png)",
+    )
     parser.add_argument(
         "--metrics",
         type=_metric_list,
@@ -333,8 +410,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(needed when they differ in size)",
     )
     args = parser.parse_args(argv)
+    hint = (" (--seeds takes every list that follows it: put the batches before --seeds, or end its lists with "
+            "another flag)") if args.seeds else ""
+    if args.ref_batch is None:
+        parser.error(f"a reference batch is required{hint}")
     if args.ref_stats_out is None and args.sample_batch is None:
-        parser.error("a sample batch is required (or pass --ref_stats_out to build a reference)")
+        parser.error(f"a sample batch is required (or pass --ref_stats_out to build a reference){hint}")
     if args.ref_stats_out is not None and args.sample_batch is not None:
         parser.error("--ref_stats_out builds a reference from one input; drop the sample batch")
     if args.ref_max_images <= NEIGHBOURHOOD:
@@ -350,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported later, on first use
     try:
+        check_sample_choice(args)
         if args.ref_stats_out is not None:
             check_ref_stats_out(args)
             if args.ref_stats_out.lower().endswith(".pkl"):
@@ -357,11 +439,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 build_reference(args)
             return 0
-        results = evaluate(args)
+        sets, results = evaluate(args)
+        lines, report = ([], results[0]) if args.seed_sets is None else seed_set_report(sets, results, RESULTS)
         if args.json:
             try:
                 with open(args.json, "w") as out:
-                    json.dump(results, out, indent=2)
+                    json.dump(report, out, indent=2)
             except OSError as err:
                 raise EvaluatorError(f"{args.json}: cannot write JSON ({err.strerror})") from None
     except EvaluatorError as err:
@@ -378,9 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     if "pr" in args.metrics and args.distance_precision != "float16":
         print(f"Precision and recall use exact {args.distance_precision} k-NN distances "
               f"(--distance_precision {args.distance_precision}), not the original evaluator's float16 rule")
-    for key, label in RESULTS:
-        if key in results:
-            print(f"{label}:", results[key])
+    for line in lines or [f"{label}: {report[key]}" for key, label in RESULTS if key in report]:
+        print(line)
     return 0
 
 

@@ -85,10 +85,10 @@ class NpzImages:
         """Number of images in the file."""
         return self.shape[0]
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Yield uint8 batches of up to ``batch_size`` images, in file order."""
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Yield uint8 batches of up to ``batch_size`` images, in file order (images ``start`` .. ``stop - 1``)."""
         try:
-            for batch in self._array.batches(batch_size):
+            for batch in self._array.batches(batch_size, start, stop):
                 yield to_uint8(batch, self.path)
         except READ_ERRORS as err:
             raise EvaluatorError(f"{self.path}: corrupt or truncated npz data ({err})") from None

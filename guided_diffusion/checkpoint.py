@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .fileio import atomic_write
-from .unet import SuperResModel
+from .unet import SuperResModel, default_channel_mult
 
 
 class CheckpointMismatchError(ValueError):
@@ -221,8 +221,6 @@ def _sizes_that_fit(model: nn.Module, mine: dict, theirs: dict) -> list[int]:
     """Image sizes at which the model's flags would give the checkpoint's attention levels and channel
     multipliers, when these differ now: the same --attention_resolutions, and the same --channel_mult or the
     per-size default of both sizes. Empty when the difference is not one of image size alone."""
-    from .script_util import default_channel_mult
-
     size = getattr(model, "image_size", None)
     facts = ("attention_ds", "channel_mult")
     if not size or any(f not in mine or f not in theirs for f in facts) or all(mine[f] == theirs[f] for f in facts):

@@ -10,7 +10,8 @@ import os
 import shlex
 import sys
 
-from . import cli, logger
+from . import dist_util, logger
+from .flag_parsers import RaisingParser
 from .fileio import read_json
 from .script_util import add_dict_to_argparser
 
@@ -56,7 +57,7 @@ def apply_checkpoint_args(args, path: str, keys, explicit: set[str], flag: str) 
 
 def namespace_from_flags(defaults: dict, flags: str, checkpoint: str, flag: str) -> argparse.Namespace:
     """Flags for one network of a pipeline: defaults, then its args.json, then the flag string (which wins)."""
-    parser = cli.RaisingParser(prog=f"the flags {flags!r} for {checkpoint}", add_help=False)
+    parser = RaisingParser(prog=f"the flags {flags!r} for {checkpoint}", add_help=False)
     add_dict_to_argparser(parser, defaults)
     tokens = shlex.split(flags)
     args = parser.parse_args(tokens)
@@ -85,5 +86,5 @@ def configure_logging(script: str, args) -> str:
     """Log into --log_dir, else $OPENAI_LOGDIR, else runs/<script>-<checkpoint>-<hash>, clearing what interrupted
     writes left there; returns the folder."""
     folder = logger.configure(dir=args.log_dir or None, default=default_log_dir(script, args))
-    cli.clear_interrupted_writes(folder)
+    dist_util.clear_interrupted_writes(folder)
     return folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
@@ -12,7 +11,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .fileio import DiskFullError, remove_stale_temporaries
+from . import dist_util, logger
+from .dist_util import clear_interrupted_writes
+from .fileio import DiskFullError
+from .flag_parsers import OneLineParser, RaisingParser, make_parser  # noqa: F401 (the scripts import them from here)
+from .resume_flags import check_resume
+from .train_state import write_args_json
 
 # Errors a user can cause: reported in one line with exit code 2 instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, DiskFullError)
@@ -31,15 +35,11 @@ def run(main: Callable[[], None], script: str | None = None) -> None:
         print(f"{script}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:
-        from . import dist_util
-
         dist_util.cleanup()
 
 
 def seed_all(seed: int) -> None:
     """Seed Python, numpy and torch (each rank gets seed + rank, so ranks draw different noise)."""
-    from . import dist_util
-
     seed = seed + dist_util.get_rank()
     random.seed(seed)
     np.random.seed(seed)
@@ -97,10 +97,6 @@ def start(args, script: str) -> str:
     """Set up the process group, the log folder (printed first) with args.json, and the seeds; returns the
     log folder. A run that would overwrite another run's checkpoints, or resume them with flags that change what
     they are, stops first (resume_flags.check_resume), leaving the folder and its args.json as they were."""
-    from . import dist_util, logger
-    from .resume_flags import check_resume
-    from .train_state import write_args_json
-
     dist_util.setup_dist()
     log_dir = logger.configure(dir=args.log_dir or None, script=script)
     check_resume(vars(args), log_dir)
@@ -108,43 +104,3 @@ def start(args, script: str) -> str:
     write_args_json(vars(args), log_dir)
     seed_all(args.seed)
     return log_dir
-
-
-def clear_interrupted_writes(folder: str) -> None:
-    """On starting or resuming a run in `folder`: the first process deletes the temporary files of writes that
-    were killed midway (fileio.remove_stale_temporaries), then every process waits for it, so none writes before."""
-    from . import dist_util, logger
-
-    if dist_util.get_rank() == 0:
-        for path in remove_stale_temporaries(folder):
-            logger.log(f"removed {path}, left by an interrupted write")
-    dist_util.barrier()
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr (exit code 2), like every other user error."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-class RaisingParser(argparse.ArgumentParser):
-    """An argument parser for flag strings inside a flag (--base_flags "..."): errors raise ValueError."""
-
-    def error(self, message: str):
-        raise ValueError(f"{self.prog}: {message}")
-
-
-def make_parser(doc: str, *defaults: dict) -> argparse.ArgumentParser:
-    """An argument parser with a --flag for every entry of the default dicts (later dicts win); float flags
-    must be finite and inside their range (script_util.float_flag), integer flags inside theirs
-    (int_flags.INT_RANGES)."""
-    from .script_util import add_dict_to_argparser
-
-    merged: dict = {}
-    for d in defaults:
-        merged.update(d)
-    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dict_to_argparser(parser, merged)
-    return parser

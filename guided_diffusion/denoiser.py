@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .gaussian_diffusion import GaussianDiffusion, ModelMeanType
-from .guidance import broadcast, per_sample
+from .nn import broadcast, per_sample
 
 
 def process_sigmas(diffusion: GaussianDiffusion) -> torch.Tensor:

@@ -14,8 +14,10 @@ import socket
 import torch
 import torch.distributed as dist
 
+from . import logger
 from .checkpoint import load_state_dict as _read_state_dict
 from .checkpoint import read_bytes, state_dict_from_bytes
+from .fileio import remove_stale_temporaries
 
 # Collectives wait at most this long for a peer, so a dead rank ends the run instead of hanging it.
 DEFAULT_TIMEOUT_S = int(os.environ.get("GUIDED_DIFFUSION_DIST_TIMEOUT", "600"))
@@ -174,3 +176,12 @@ def cleanup() -> None:
     """Tear the process group down (call at the end of a script)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def clear_interrupted_writes(folder: str) -> None:
+    """On starting or resuming a run in `folder`: the first process deletes the temporary files of writes that
+    were killed midway (fileio.remove_stale_temporaries), then every process waits for it, so none writes before."""
+    if get_rank() == 0:
+        for path in remove_stale_temporaries(folder):
+            logger.log(f"removed {path}, left by an interrupted write")
+    barrier()

@@ -7,6 +7,7 @@ from the zip member at an offset, and a new .npz is written row chunk by row chu
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import tempfile
@@ -97,8 +98,6 @@ def remove_stale_temporaries(folder: str, depth: int = 2) -> list[str]:
 def read_json(path: str, what: str) -> Any:
     """The JSON value in path; a file that cannot be read or parsed is a one-line ValueError naming it and saying
     what it should hold (`what`, e.g. "JSON object of flags")."""
-    import json
-
     try:
         with open(path, "rb") as f:
             return json.loads(f.read().decode("utf-8"))

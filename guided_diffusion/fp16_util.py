@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn as nn
 
+from . import logger
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -68,8 +70,6 @@ class MixedPrecisionTrainer:
 
     def optimize(self, opt: torch.optim.Optimizer) -> bool:
         """Take an optimizer step; returns False when an fp16 step was skipped for inf/nan gradients."""
-        from . import logger
-
         if not self.use_fp16:
             grad_norm, param_norm = self._norms(self.master_params, 1.0)
             logger.logkv_mean("grad_norm", grad_norm)

@@ -15,10 +15,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .guidance import CondFn, checked_gradient
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
 from .rng import SampleRNG, randn_like
+
+CondFn = Callable[..., torch.Tensor]  # (x_t, timesteps, **model_kwargs) -> s grad_{x_t} log p(y | x_t, t)
+
+
+def checked_gradient(cond_fn: CondFn, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
+    """cond_fn(x_t, t, **model_kwargs), which must be a tensor shaped like x_t."""
+    gradient = cond_fn(x_t, t, **model_kwargs)
+    if not isinstance(gradient, torch.Tensor) or gradient.shape != x_t.shape:
+        got = list(gradient.shape) if isinstance(gradient, torch.Tensor) else type(gradient).__name__
+        raise ValueError(f"cond_fn must return a gradient shaped like x {list(x_t.shape)}, got {got}")
+    return gradient
 
 SCHEDULES = ("linear", "cosine")
 

@@ -15,8 +15,9 @@ With D the main (conditional) model's denoiser, the guided denoiser is
 - a guidance interval I = (lo, hi] for each (Kynkaenniemi et al. 2024): outside it the term is zero and its
   network (the null-label pass, the guide, the classifier) is not evaluated for those samples.
 
-Each term is a difference taken from the same D, so the terms commute: the order of composition does not
-change the result. Every mixing is affine, so it holds alike for eps, x_0 and D predictions.
+Each method is one term of guidance_terms.py (its flags, its check, its interval, its network); Guidance
+composes them. Each term is a difference taken from the same D, so the terms commute: the order of composition
+does not change the result (up to float rounding; TERMS fixes the order). Every mixing is affine, so it holds alike for eps, x_0 and D predictions.
 
 DDPM and DDIM keep the original samplers (golden-exact): CFG and autoguidance reach them through
 process_model_fn (D~ converted back to the model's eps or x_0 at the sigma of each timestep), classifier
@@ -25,73 +26,30 @@ guidance through interval_cond_fn (ADM's mean shift or score correction, zero ou
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .control import NULL
-
-if TYPE_CHECKING:
-    from .denoiser import Denoiser
-    from .objectives import EDMConditioning
-
-DenoiseFn = Callable[..., torch.Tensor]  # (x, sigma [N] float64, **model_kwargs) -> D
-CondFn = Callable[..., torch.Tensor]  # (x_t, timesteps, **model_kwargs) -> s grad_{x_t} log p(y | x_t, t)
-
-
-@dataclass(frozen=True)
-class Interval:
-    """The noise levels lo < sigma <= hi where a guidance term is active (default: every level)."""
-
-    lo: float = 0.0
-    hi: float = math.inf
-
-    @classmethod
-    def parse(cls, text: str, flag: str) -> Interval:
-        """"lo,hi" (sigma values; hi may be inf) from --flag, or every level for ""."""
-        if not text:
-            return cls()
-        parts = text.split(",")
-        try:
-            lo, hi = (float(p) for p in parts)
-        except ValueError:
-            raise ValueError(f"--{flag} {text!r}: expected two noise levels lo,hi such as 0.3,5") from None
-        if math.isnan(lo) or math.isnan(hi) or lo < 0:
-            raise ValueError(f"--{flag} {text!r}: lo and hi must be numbers with lo >= 0")
-        if lo >= hi:
-            raise ValueError(f"--{flag} {text!r}: lo must be below hi")
-        return cls(lo, hi)
-
-    @property
-    def always(self) -> bool:
-        return self.lo <= 0 and self.hi == math.inf
-
-    def contains(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Per-sample mask: lo < sigma <= hi."""
-        return (sigma > self.lo) & (sigma <= self.hi)
-
-    def check_reaches(self, levels: torch.Tensor, flag: str) -> None:
-        """One-line error when none of the sampler's noise levels (> 0) lies in the interval."""
-        levels = levels[levels > 0].double()
-        if not bool(self.contains(levels).any()):
-            raise ValueError(f"--{flag} {self.lo:g},{self.hi:g} contains none of the sampler's noise levels "
-                             f"({float(levels.min()):.4g} to {float(levels.max()):.4g}): widen it")
-
-
-@dataclass
-class Reference:
-    """A mixing term (w - 1)(D - R). R is either the main network on other inputs, relabel(model_kwargs) (CFG:
-    the null label), evaluated in one batch with D where the term is active for every sample, or another
-    network's denoiser (autoguidance)."""
-
-    name: str
-    scale: float
-    interval: Interval
-    denoise: DenoiseFn | None = None
-    relabel: Callable[[dict], dict] | None = None
+from .denoiser import Denoiser
+from .gaussian_diffusion import CondFn, checked_gradient  # noqa: F401 (also imported from here)
+from .guidance_terms import (  # noqa: F401 (also imported from here)
+    TERMS,
+    Autoguidance,
+    ClassifierFree,
+    ClassifierGuidance,
+    ControlGuidance,
+    DenoiseFn,
+    Interval,
+    Reference,
+    Term,
+    checked,
+    null_controls,
+    null_labels,
+)
+from .nn import broadcast, per_sample  # noqa: F401 (also imported from here)
+from .objectives import EDMConditioning
 
 
 def vp_input_scale(sigma: torch.Tensor) -> torch.Tensor:
@@ -107,16 +65,6 @@ class ClassifierTerm:
     interval: Interval
     timestep: Callable[[torch.Tensor], torch.Tensor]  # sigma [N] -> the classifier's timesteps
     input_scale: Callable[[torch.Tensor], torch.Tensor] = vp_input_scale  # sigma [N] -> c_in
-
-
-def per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
-    """sigma (a number, 0-d or [N] tensor) as a float64 [N] tensor on x's device."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
-    return sigma.expand(x.shape[0]).contiguous() if sigma.ndim == 0 else sigma
-
-
-def broadcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def _rows(kwargs: dict, index: torch.Tensor) -> dict:
@@ -137,15 +85,6 @@ def on_active(mask: torch.Tensor, fn: Callable, x: torch.Tensor, sigma: torch.Te
         return None
     index = mask.nonzero().squeeze(1)
     return fn(x[index], sigma[index], **_rows(kwargs, index))
-
-
-def checked_gradient(cond_fn: CondFn, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
-    """cond_fn(x_t, t, **model_kwargs), which must be a tensor shaped like x_t."""
-    gradient = cond_fn(x_t, t, **model_kwargs)
-    if not isinstance(gradient, torch.Tensor) or gradient.shape != x_t.shape:
-        got = list(gradient.shape) if isinstance(gradient, torch.Tensor) else type(gradient).__name__
-        raise ValueError(f"cond_fn must return a gradient shaped like x {list(x_t.shape)}, got {got}")
-    return gradient
 
 
 class GuidedDenoiser:
@@ -254,73 +193,47 @@ def classifier_cond_fn(classifier: torch.nn.Module, scale: float, use_bf16: bool
     return cond_fn
 
 
-def null_labels(null_label: int) -> Callable[[dict], dict]:
-    """CFG's relabelling: the model kwargs with every label replaced by the null label of label dropout."""
-
-    def relabel(model_kwargs: dict) -> dict:
-        y = model_kwargs.get("y")
-        if y is None:
-            raise ValueError("classifier-free guidance needs labels y")
-        return {**model_kwargs, "y": torch.full_like(y, null_label)}
-
-    return relabel
-
-
-def null_controls(model_kwargs: dict) -> dict:
-    """model_kwargs with every control record replaced by the null record (control guidance's reference)."""
-    control = model_kwargs.get("control")
-    if control is None:
-        raise ValueError("control guidance needs control records")
-    return {**model_kwargs, "control": torch.full_like(control, NULL)}
-
-
-def check_guidance(cfg_scale: float, has_null_label: bool, cfg_interval: Interval, has_guide: bool,
-                   guide_scale: float, guide_interval: Interval, has_classifier: bool,
-                   classifier_interval: Interval) -> None:
-    """One-line errors for guidance flags that cannot work together (before any network is loaded)."""
-    if cfg_scale != 1 and not has_null_label:
-        raise ValueError(f"--cfg_scale {cfg_scale} needs a class-conditional model trained with label dropout "
-                         "(image_train.py --class_cond True --class_dropout_prob 0.1); this one has no null label")
-    if guide_scale != 1 and not has_guide:
-        raise ValueError(f"--guide_scale {guide_scale} needs a guide model: --guide_model_path")
-    unused = [("cfg_interval", cfg_interval, cfg_scale != 1, "--cfg_scale other than 1"),
-              ("guide_interval", guide_interval, has_guide and guide_scale != 1,
-               "--guide_model_path and --guide_scale other than 1"),
-              ("classifier_interval", classifier_interval, has_classifier, "--classifier_path")]
-    for flag, interval, used, needs in unused:
-        if not interval.always and not used:
-            raise ValueError(f"--{flag} is given without its guidance: it needs {needs}")
-
-
-@dataclass
 class Guidance:
-    """Which guidance to apply (from the sampling flags), independent of the main model; bind() applies it to
-    the main model's denoiser. Scale 1 (and no classifier) is no guidance."""
+    """Which guidance to apply, independent of the main model: one term per method (guidance_terms.TERMS), each
+    checked once; bind() applies them to the main model's denoiser. Scale 1 (and no classifier) is no guidance.
 
-    cfg_scale: float = 1.0
-    null_label: int | None = None  # the label that means "no label" to a model trained with label dropout
-    cfg_interval: Interval = Interval()
-    guide: DenoiseFn | None = None  # autoguidance: the weaker model's denoiser
-    guide_scale: float = 1.0
-    guide_interval: Interval = Interval()
-    cond_fn: CondFn | None = None  # classifier guidance: s grad log p(y | x_t, t)
-    classifier_interval: Interval = Interval()
-    # A classifier trained with --objective edm: its inputs c_in(sigma) x and noise labels (objectives.py).
-    classifier_conditioning: EDMConditioning | None = None
-    # Control guidance (control.py): R = D with the null control record, at every level.
-    control_cfg_scale: float = 1.0
+    Guidance(cfg_scale=..., ...) makes and checks the terms from these values; Guidance.of(terms) composes terms
+    made and checked from the flags (sampling.guidance_terms) with their networks added."""
 
-    def __post_init__(self):
-        check_guidance(self.cfg_scale, self.null_label is not None, self.cfg_interval, self.guide is not None,
-                       self.guide_scale, self.guide_interval, self.cond_fn is not None, self.classifier_interval)
+    def __init__(self, cfg_scale: float = 1.0, null_label: int | None = None, cfg_interval: Interval = Interval(),
+                 guide: DenoiseFn | None = None, guide_scale: float = 1.0, guide_interval: Interval = Interval(),
+                 cond_fn: CondFn | None = None, classifier_interval: Interval = Interval(),
+                 classifier_conditioning: EDMConditioning | None = None, control_cfg_scale: float = 1.0):
+        self.terms = checked((
+            ClassifierFree(cfg_scale, cfg_interval, null_label),
+            Autoguidance(guide_scale, guide_interval, guide is not None, guide),
+            ControlGuidance(control_cfg_scale),
+            ClassifierGuidance(1.0, classifier_interval, cond_fn is not None, cond_fn, classifier_conditioning)))
+
+    @classmethod
+    def of(cls, terms: tuple[Term, ...]) -> Guidance:
+        """Guidance from terms already checked, in the order of TERMS (other terms after them, as given)."""
+        guidance = cls.__new__(cls)
+        order = {kind: i for i, kind in enumerate(TERMS)}
+        guidance.terms = tuple(sorted(terms, key=lambda term: order.get(type(term), len(TERMS))))
+        return guidance
+
+    def term(self, kind: type[Term]) -> Term:
+        """The term of this kind (an off one when absent)."""
+        return next((t for t in self.terms if isinstance(t, kind)), kind())
+
+    @property
+    def cond_fn(self) -> CondFn | None:
+        return self.term(ClassifierGuidance).cond_fn
+
+    @property
+    def classifier_interval(self) -> Interval:
+        return self.term(ClassifierGuidance).interval
 
     @property
     def active(self) -> list[tuple[str, Interval]]:
-        """(flag, interval) of each guidance that is on."""
-        terms = [("cfg_interval", self.cfg_interval, self.cfg_scale != 1),
-                 ("guide_interval", self.guide_interval, self.guide is not None and self.guide_scale != 1),
-                 ("classifier_interval", self.classifier_interval, self.cond_fn is not None)]
-        return [(flag, interval) for flag, interval, on in terms if on]
+        """(interval flag, interval) of each guidance that is on and has an interval."""
+        return [(t.interval_flag, t.interval) for t in self.terms if t.on and t.interval_flag]
 
     def check_intervals(self, levels: torch.Tensor) -> None:
         """One-line error for an interval that holds none of the noise levels the sampler visits."""
@@ -329,32 +242,26 @@ class Guidance:
                 interval.check_reaches(levels, flag)
 
     def references(self) -> list[Reference]:
-        """The mixing terms that are on."""
-        out = []
-        if self.cfg_scale != 1:
-            out.append(Reference("cfg", self.cfg_scale, self.cfg_interval, relabel=null_labels(self.null_label)))
-        if self.guide is not None and self.guide_scale != 1:
-            out.append(Reference("autoguidance", self.guide_scale, self.guide_interval, denoise=self.guide))
-        if self.control_cfg_scale != 1:
-            out.append(Reference("control_cfg", self.control_cfg_scale, Interval(), relabel=null_controls))
-        return out
+        """The mixing terms that are on, in the order of TERMS."""
+        return [ref for ref in (t.reference() for t in self.terms) if ref is not None]
 
     @property
     def mixes(self) -> bool:
-        """Whether a mixing term (CFG or autoguidance) is on."""
-        return (self.cfg_scale != 1 or (self.guide is not None and self.guide_scale != 1)
-                or self.control_cfg_scale != 1)
+        """Whether a mixing term (CFG, autoguidance, control guidance) is on."""
+        return any(t.on for t in self.terms if not isinstance(t, ClassifierGuidance))
+
+    def _classifier(self, main: Denoiser) -> ClassifierTerm | None:
+        term = self.term(ClassifierGuidance)
+        if term.cond_fn is None:
+            return None
+        if term.conditioning is not None:
+            return ClassifierTerm(term.cond_fn, term.interval, term.conditioning.noise_label,
+                                  term.conditioning.input_scale)
+        return ClassifierTerm(term.cond_fn, term.interval, main.timestep)
 
     def bind(self, main: Denoiser, clip_denoised: bool = False) -> GuidedDenoiser:
         """The guided denoiser D~ over the main model's (unclipped) denoiser."""
-        classifier = None
-        conditioning = self.classifier_conditioning
-        if self.cond_fn is not None and conditioning is not None:
-            classifier = ClassifierTerm(self.cond_fn, self.classifier_interval, conditioning.noise_label,
-                                        conditioning.input_scale)
-        elif self.cond_fn is not None:
-            classifier = ClassifierTerm(self.cond_fn, self.classifier_interval, main.timestep)
-        return GuidedDenoiser(main, self.references(), classifier, clip_denoised)
+        return GuidedDenoiser(main, self.references(), self._classifier(main), clip_denoised)
 
     def process_model_fn(self, main: Denoiser) -> Callable:
         """The network function DDPM/DDIM call: the main model's, or D~'s mixing terms in its parameterization."""
@@ -362,9 +269,10 @@ class Guidance:
 
     def process_cond_fn(self, main: Denoiser) -> CondFn | None:
         """The classifier's cond_fn for DDPM/DDIM, zero outside its interval."""
-        if self.cond_fn is None:
+        term = self.term(ClassifierGuidance)
+        if term.cond_fn is None:
             return None
-        if self.classifier_conditioning is not None:
+        if term.conditioning is not None:
             raise ValueError("a classifier trained with --objective edm guides the sigma-space samplers (--sampler "
                              "heun, euler, edm_stochastic, dpmpp_2m), not ddpm/ddim")
-        return interval_cond_fn(self.cond_fn, self.classifier_interval, main.sigma_of_timestep)
+        return interval_cond_fn(term.cond_fn, term.interval, main.sigma_of_timestep)

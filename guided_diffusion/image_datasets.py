@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from . import dist_util
 from .image_modes import to_rgb
 from .latent_datasets import BadDataFileError, archive_class_names, is_archive_dataset, open_archive_dataset
 
@@ -301,7 +302,6 @@ def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bo
     random_resize, min_crop_frac and with_control as ImageDataset; class_names: the labels' names in order (as
     resolve_class_flags saved them), else sorted from the folder.
     """
-    from . import dist_util
 
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     if is_archive_dataset(data_dir):  # EDM2's layout: latents or images, labels from dataset.json

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import torch
 
-from .encoders import DEFAULT_VAE, Encoder, StabilityVAEEncoder, StandardRGBEncoder
+from .encoders import DEFAULT_VAE, Encoder, StabilityVAEEncoder, StandardRGBEncoder, encoder_from_record
 from .latent_datasets import ArchiveDataset, is_archive_dataset, read_archive_index
 
 ENCODERS = ("", "stability_vae")  # "": the network sees pixels in [-1, 1]
@@ -73,7 +73,6 @@ def encoder_record(encoder: Encoder) -> dict:
 def encoder_from_args(saved: dict) -> Encoder:
     """The encoder a training run's args.json records ("encoder_kwargs"); StandardRGBEncoder (pixels) when it
     records none. The scale and bias are restored exactly (float32)."""
-    from .encoders import encoder_from_record
 
     record = saved.get("encoder_kwargs")
     if not record:

@@ -169,12 +169,11 @@ class Logger:
 
 def _mean_over_ranks(name2val: dict, name2cnt: dict) -> dict:
     """Values averaged over ranks, each rank weighted by its count (1 for logkv values)."""
-    from .dist_util import all_gather_objects
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return dict(name2val)
     local = {k: (float(v), name2cnt.get(k, 1)) if _is_number(v) else (v, 0) for k, v in name2val.items()}
-    gathered = all_gather_objects(local)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
     totals: dict = {}
     for part in gathered:
         for k, (v, n) in part.items():

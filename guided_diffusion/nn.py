@@ -73,3 +73,14 @@ def update_ema(target_params, source_params, rate: float = 0.99) -> None:
     with torch.no_grad():
         for targ, src in zip(target_params, source_params):
             targ.mul_(rate).add_(src.to(targ.dtype), alpha=1 - rate)
+
+
+def per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma (a number, 0-d or [N] tensor) as a float64 [N] tensor on x's device."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+    return sigma.expand(x.shape[0]).contiguous() if sigma.ndim == 0 else sigma
+
+
+def broadcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """v [N] shaped to broadcast against x [N, ...]."""
+    return v.reshape(-1, *([1] * (x.ndim - 1)))

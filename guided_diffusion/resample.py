@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-SAMPLERS = ("uniform", "loss-second-moment")
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")  # the --schedule_sampler choices
 
 
 def create_named_schedule_sampler(name: str, diffusion) -> "ScheduleSampler":
@@ -17,7 +17,7 @@ def create_named_schedule_sampler(name: str, diffusion) -> "ScheduleSampler":
         return UniformSampler(diffusion)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(diffusion)
-    raise ValueError(f"unknown schedule_sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    raise ValueError(f"unknown schedule_sampler {name!r}: choose one of {', '.join(SCHEDULE_SAMPLERS)}")
 
 
 class ScheduleSampler(ABC):

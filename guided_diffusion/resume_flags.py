@@ -17,6 +17,9 @@ import re
 from typing import Any, Callable
 
 from . import logger
+from .checkpoint_flags import checkpoint_args
+from .phema import read_index
+from .train_state import find_resume_checkpoint, parse_ema_rates, parse_phema_stds
 
 # Flags that fix what a checkpoint is: the network, the diffusion process or objective the network was trained
 # for, its labels and conditioning, and the averaged weights the run writes beside it (EMA and power-function
@@ -63,14 +66,10 @@ _CHECKPOINT_NAME = re.compile(r"(model\d+|opt\d+|ema_[0-9.]+_\d+|phema_[0-9.]+_\
 
 
 def _ema_rates(value: Any) -> list[float]:
-    from .train_state import parse_ema_rates
-
     return parse_ema_rates(value)
 
 
 def _phema_stds(value: Any) -> list[float]:
-    from .train_state import parse_phema_stds
-
     return [round(s, 6) for s in parse_phema_stds(value)]
 
 
@@ -125,8 +124,6 @@ def check_resume(args: dict, log_dir: str) -> None:
       --phema_stds (snapshots in phema.json);
     - --resume_checkpoint names a checkpoint elsewhere: the CHECKPOINT_FLAGS of the args.json beside it must
       match too (a checkpoint without one, such as a released model, cannot be checked and is accepted)."""
-    from .checkpoint_flags import checkpoint_args
-
     spec = args.get("resume_checkpoint", "")
     if spec and spec != "auto" and "://" not in spec and not os.path.exists(spec):
         raise FileNotFoundError(f"--resume_checkpoint not found: {spec}")
@@ -156,9 +153,6 @@ def check_resume(args: dict, log_dir: str) -> None:
 def _check_files(args: dict, log_dir: str, spec: str) -> None:
     """What the checkpoint files of a folder without args.json tell: the EMA files of the newest checkpoint and
     the power-function EMA snapshots (phema.json)."""
-    from .phema import read_index
-    from .train_state import find_resume_checkpoint, parse_ema_rates
-
     if spec == "auto" and "ema_rate" in args:
         find_resume_checkpoint(spec, log_dir, parse_ema_rates(args["ema_rate"]))
     stds = sorted({entry["std"] for entry in read_index(log_dir).values()})

@@ -14,40 +14,46 @@ folder, build and load the networks, the guidance from the flags) and the batch 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import os
 import re
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
-from . import dist_util, edm_util, latents, logger, nvlabs
-from .checkpoint import load_weights
-from .control import parse_control
+from . import dist_util, edm_util, latents, logger, presets
+from .base_samples import BaseSamples
 from .checkpoint_flags import (
     apply_checkpoint_args,
-    checkpoint_args,
     configure_logging,
     explicit_flags,
     namespace_from_flags,
     require_file,
 )
-from .denoiser import Denoiser, PrecondDenoiser, classifier_timestep
-from .encoders import Encoder
-from .fileio import NpzArray
-from .guidance import Guidance, Interval, check_guidance, classifier_cond_fn
+from .control import parse_control
+from .guidance import Guidance, classifier_cond_fn
+from .guidance_terms import TERMS, Autoguidance, ClassifierFree, ClassifierGuidance, ControlGuidance, Term, checked
 from .objectives import EDMConditioning
 from .rng import SampleRNG
 from .sample_writer import Trajectory, to_uint8
-from .sampler_dispatch import SamplerOptions, run_sampler, run_sigma_sampler, step_count, visited_levels
-from .script_util import args_to_dict, create_gaussian_diffusion, null_label
+from .loader import (  # noqa: F401 (_latent_encoder, autocast, load_module_weights, model_fn_for: also from here)
+    LoadedModel,
+    _latent_encoder,
+    _latent_space,
+    autocast,
+    is_nvlabs_pickle,
+    latent_encoder,
+    load_model,
+    load_module_weights,
+    model_fn_for,
+    nvlabs_flags,
+)
+from .sampler_dispatch import SamplerOptions
 
 
-def sampling_defaults() -> dict:
-    """Flags of the original sampling scripts, the sampler's (SamplerOptions) and guidance's; the new flags'
-    defaults keep the original behaviour."""
+def upsampler_sampling_defaults() -> dict:
+    """The flags every sampling script takes: the original scripts', the sampler's (SamplerOptions) and
+    autoguidance's (a weaker model of the same task); the new flags' defaults keep the original behaviour."""
     return dict(
         num_samples=10000,
         batch_size=16,
@@ -59,22 +65,29 @@ def sampling_defaults() -> dict:
         grid=True,
         progress=True,
         save_trajectory=0,  # write the denoised estimates of this many first images at every step
-        preset="",  # an EDM2 generator preset (nvlabs.EDM2_PRESETS), its files in --model_dir
-        model_dir="models",
         **SamplerOptions.flag_defaults(),
-        # Guidance (1 = off): classifier-free (a model trained with --class_dropout_prob > 0), autoguidance by a
-        # weaker model; each active for sigma in its interval "lo,hi" ("" = every level).
-        cfg_scale=1.0,
-        cfg_interval="",
-        guide_model_path="",
-        guide_flags="",
-        guide_scale=1.0,
-        guide_interval="",
+        # Guidance (1 = off), active for sigma in its interval "lo,hi" ("" = every level).
+        **Autoguidance.FLAGS,
+    )
+
+
+def sampling_defaults() -> dict:
+    """The flags of the scripts that sample base models (not upsamplers): every sampling script's, classifier-free
+    guidance's (a model trained with --class_dropout_prob > 0) and control conditioning's."""
+    return dict(
+        **upsampler_sampling_defaults(),
+        **ClassifierFree.FLAGS,
         # Control conditioning (a model trained with --control_cond): the record asked for ("" = the whole image,
         # not flipped, source size = output size; e.g. "crop=0,0,1,1 flip=0 size=16") and its guidance scale.
         control="",
-        control_cfg_scale=1.0,
+        **ControlGuidance.FLAGS,
     )
+
+
+def preset_flag_defaults() -> dict:
+    """The flags of the scripts that take EDM2's generator presets: the preset (presets.EDM2_PRESETS) and the folder
+    of its files."""
+    return dict(preset="", model_dir="models")
 
 
 def latent_flag_defaults() -> dict:
@@ -85,7 +98,7 @@ def latent_flag_defaults() -> dict:
 
 def classifier_flag_defaults() -> dict:
     """The classifier-guidance flags of the scripts that take a classifier."""
-    return dict(classifier_path="", classifier_scale=1.0, classifier_interval="")
+    return dict(ClassifierGuidance.FLAGS)
 
 
 _OPTION_FLAGS = tuple(SamplerOptions.flag_defaults())
@@ -99,14 +112,22 @@ def sampler_options(args) -> SamplerOptions:
 
 # ----- the opening ----------------------------------------------------------------------------------------
 
+class Prepared(NamedTuple):
+    """What the scripts' opening found: the guide's flags (None without --guide_model_path) and the guidance
+    terms made and checked from the flags, their networks not yet loaded."""
+
+    guide: argparse.Namespace | None
+    terms: tuple[Term, ...]
+
+
 def prepare(script: str, args, architecture: dict, argv: list[str] | None = None, size_flag: str = "image_size",
-            checks: tuple[Callable[[], None], ...] = ()) -> argparse.Namespace | None:
+            checks: tuple[Callable[[], None], ...] = ()) -> Prepared:
     """The scripts' opening: the checkpoint exists, architecture flags from its args.json, the guide model's
-    flags (checked against the model), the script's own checks, then processes and the log folder. Returns
-    the guide's flags (None without --guide_model_path). argv: the command line (default sys.argv)."""
+    flags (checked against the model), the script's own checks, the guidance terms, then processes and the log
+    folder. argv: the command line (default sys.argv)."""
     explicit = explicit_flags(argv)
-    if args.preset:  # flags given explicitly win over the preset's
-        preset = nvlabs.resolve_preset(args.preset, args.model_dir)
+    if getattr(args, "preset", ""):  # flags given explicitly win over the preset's
+        preset = presets.resolve_preset(args.preset, args.model_dir)
         vars(args).update({k: v for k, v in preset.items() if k not in explicit})
     require_file(args.model_path, "model_path")
     if is_nvlabs_pickle(args.model_path):
@@ -136,13 +157,13 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
     guide = guide_args(args, architecture, size_flag)
     for check in checks:
         check()
-    guidance_settings(args)  # bad guidance and sampler flags fail before any process starts
+    terms = guidance_terms(args)  # bad guidance and sampler flags fail before any process starts
     sampler_options(args)
     if space is not None:
         _use_decoded_size(args, explicit)
     dist_util.setup_dist()
     configure_logging(script, args)
-    return guide
+    return Prepared(guide, terms)
 
 
 def guide_args(args, architecture: dict, size_flag: str = "image_size") -> argparse.Namespace | None:
@@ -191,59 +212,6 @@ def match_classifier(args, classifier: dict, path: str) -> None:
                              f"{getattr(args, key)}: use a classifier of the model's {what}")
 
 
-def is_nvlabs_pickle(path: str) -> bool:
-    """Whether a checkpoint is an NVlabs network (EDM2's .pkl snapshots, or one converted by
-    convert_checkpoint.py) rather than an ADM state dict."""
-    return path.endswith(".pkl") or nvlabs.is_converted(path)
-
-
-@functools.lru_cache(maxsize=2)
-def _nvlabs_checkpoint(path: str) -> tuple[torch.nn.Module, nvlabs.Record | None]:
-    """The network of an NVlabs checkpoint and its encoder record, read once per process (its flags, its latent
-    space and the network come from one read)."""
-    return nvlabs.load_generator(path)
-
-
-def _nvlabs_network(path: str) -> torch.nn.Module:
-    return _nvlabs_checkpoint(path)[0]
-
-
-def _latent_space(path: str, flag: str) -> latents.LatentSpace | None:
-    """The latent space the network at `path` works in; None for networks on pixels (ADM checkpoints included).
-    The VAE is the one the network's pickle names (a guide shares the model's --vae)."""
-    if not path or not is_nvlabs_pickle(path):  # a network trained here on latents records them in args.json
-        trained = latents.trained_encoder(checkpoint_args(path), f"--{flag} {path}") if path else None
-        return None if trained is None else latents.latent_space(*trained)
-    net, record = _nvlabs_checkpoint(path)
-    encoder = latents.encoder_for(record, net.img_channels, f"--{flag} {path}")
-    return None if encoder is None else latents.latent_space(encoder, net.img_channels, net.img_resolution)
-
-
-def nvlabs_flags(path: str, flag: str) -> dict:
-    """The sampling flags an NVlabs network implies: image size and labels, and for a network on latents (EDM2's
-    img512) their channels and size (its image size becomes the decoded one once the VAE is loaded)."""
-    net, record = _nvlabs_checkpoint(path)
-    flags = dict(image_size=net.img_resolution, class_cond=net.label_dim > 0, num_classes=net.label_dim or 1)
-    if latents.encoder_for(record, net.img_channels, f"--{flag} {path}") is not None:
-        flags.update(latent_channels=net.img_channels, latent_size=net.img_resolution)
-    return flags
-
-
-def latent_encoder(args) -> Encoder:
-    """The encoder of the latent network --model_path, its VAE loaded on the CPU (--vae, else the one its pickle
-    names), once per process."""
-    return _latent_encoder(args.model_path, getattr(args, "vae", ""))
-
-
-@functools.lru_cache(maxsize=1)
-def _latent_encoder(path: str, vae: str) -> Encoder:
-    where = f"--model_path {path}"
-    if not is_nvlabs_pickle(path):  # trained here: the encoder its args.json records
-        return latents.load_vae(latents.trained_encoder(checkpoint_args(path), where)[0], vae, where)
-    net, record = _nvlabs_checkpoint(path)
-    return latents.load_vae(latents.encoder_for(record, net.img_channels, where), vae, where)
-
-
 def _use_decoded_size(args, explicit: set) -> None:
     """Load a latent network's VAE (one-line errors before any process starts) and make --image_size the side of
     the decoded images, which the samples npz holds."""
@@ -254,95 +222,33 @@ def _use_decoded_size(args, explicit: set) -> None:
     args.image_size = size
 
 
-def build(create: Callable, flags, architecture: dict, path: str, flag: str, use_fp16: bool = False):
-    """(network, diffusion) from the factory `create` and its flags, with the checkpoint's weights loaded; for an
-    NVlabs pickle (PrecondDenoiser of its network, None): a denoiser at continuous sigma, whose classifier
-    timesteps come from the ADM process of the flags (--noise_schedule, --diffusion_steps: the classifier's)."""
-    adm_keys = [k for k in architecture if k not in edm_util.EDM_FLAGS]
-    if is_nvlabs_pickle(path) or edm_util.uses_sigma_space(flags):
-        if is_nvlabs_pickle(path):
-            net = _nvlabs_network(path).to(dist_util.dev())
-        else:  # trained here with --objective edm or --arch edm2 (on latents: their size, not the decoded one)
-            if getattr(flags, "latent_size", 0):
-                flags = argparse.Namespace(**{**vars(flags), "image_size": flags.latent_size})
-            net = edm_util.create_sigma_space_network(flags, lambda: create(**args_to_dict(flags, adm_keys))[0])
-            load_network(net, path, flag, use_fp16)
-        adm = create_gaussian_diffusion(steps=flags.diffusion_steps, noise_schedule=flags.noise_schedule)
-        return PrecondDenoiser(net, timestep=classifier_timestep(adm)), None
-    model, diffusion = create(**args_to_dict(flags, adm_keys))
-    load_network(model, path, flag, use_fp16)
-    return model, diffusion
+def guidance_terms(args) -> tuple[Term, ...]:
+    """The guidance flags as terms (without their networks), each checked once: one-line errors for bad intervals
+    and for guidance that cannot work with this model or without its network."""
+    return checked(tuple(term.from_flags(args) for term in TERMS))
 
 
-def guidance_settings(args) -> dict:
-    """The guidance flags as Guidance arguments (without the networks), checked: one-line errors for bad
-    intervals and for guidance that cannot work with this model or without its network."""
-    dropout = getattr(args, "class_dropout_prob", 0.0)  # upsamplers have no label dropout
-    settings = dict(cfg_scale=args.cfg_scale, null_label=null_label(args.num_classes, dropout) if args.class_cond
-                    else None, cfg_interval=Interval.parse(args.cfg_interval, "cfg_interval"),
-                    guide_scale=args.guide_scale, guide_interval=Interval.parse(args.guide_interval, "guide_interval"),
-                    classifier_interval=Interval.parse(getattr(args, "classifier_interval", ""),
-                                                       "classifier_interval"))
-    if getattr(args, "control_cond", ""):
-        parse_control(args.control, args.image_size)  # bad values fail now
-        if args.control_cfg_scale != 1 and not args.control_dropout_prob:
-            raise ValueError(f"--control_cfg_scale {args.control_cfg_scale} needs a model trained with "
-                             "--control_dropout_prob > 0 (it never saw the null record)")
-    elif args.control or args.control_cfg_scale != 1:
-        raise ValueError("--control and --control_cfg_scale need a model trained with --control_cond")
-    settings["control_cfg_scale"] = args.control_cfg_scale
-    check_guidance(settings["cfg_scale"], settings["null_label"] is not None, settings["cfg_interval"],
-                   bool(args.guide_model_path), args.guide_scale, settings["guide_interval"],
-                   bool(getattr(args, "classifier_path", "")), settings["classifier_interval"])
-    return settings
-
-
-def guidance_from_args(args, guide: argparse.Namespace | None, create: Callable, architecture: dict,
+def guidance_from_args(args, prepared: Prepared, create: Callable, architecture: dict,
                        classifier: torch.nn.Module | None = None,
                        classifier_conditioning: EDMConditioning | None = None) -> Guidance:
-    """Guidance from the flags: CFG (--cfg_scale, --cfg_interval), autoguidance by the guide model
-    (--guide_scale, --guide_interval) and classifier guidance (--classifier_scale, --classifier_interval; a
-    classifier trained with --objective edm takes classifier_conditioning's inputs)."""
-    guide_denoiser = None
+    """The prepared guidance terms with their networks: the guide model (autoguidance) loaded, the classifier's
+    gradient (--classifier_scale; a classifier trained with --objective edm takes classifier_conditioning's
+    inputs)."""
+    guide, guide_denoiser = prepared.guide, None
     if guide is not None and args.guide_scale == 1:
         logger.warn(f"--guide_model_path {args.guide_model_path} with --guide_scale 1 is the model alone: the guide "
                     "is not loaded")
     elif guide is not None:
         logger.log(f"loading the guide model {args.guide_model_path}...")
-        guide_model, guide_diffusion = build(create, argparse.Namespace(**{**vars(args), **vars(guide)}), architecture,
-                                             args.guide_model_path, "guide_model_path", guide.use_fp16)
-        guide_denoiser = guide_model if guide_diffusion is None else Denoiser(
-            guide_diffusion, model_fn_for(guide_model, guide.class_cond, args.use_bf16))
+        guide_denoiser = load_model(create, argparse.Namespace(**{**vars(args), **vars(guide)}), architecture,
+                                    args.guide_model_path, "guide_model_path", guide.use_fp16).denoiser
     cond_fn = None
     if classifier is not None:
         cond_fn = classifier_cond_fn(classifier, args.classifier_scale, args.use_bf16)
-    return Guidance(guide=guide_denoiser, cond_fn=cond_fn, classifier_conditioning=classifier_conditioning,
-                    **guidance_settings(args))
-
-
-def load_network(model: torch.nn.Module, path: str, flag: str, use_fp16: bool = False) -> torch.nn.Module:
-    """Load weights (read once, shared across ranks), move to this rank's device, eval mode, optional fp16."""
-    require_file(path, flag)
-    load_weights(model, dist_util.load_state_dict(path), source=path)
-    model.to(dist_util.dev())
-    if use_fp16:
-        model.convert_to_fp16()
-    return model.eval()
-
-
-def autocast(use_bf16: bool):
-    """bfloat16 autocast on this rank's device when asked, else a no-op context."""
-    return torch.autocast(dist_util.dev().type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-
-
-def model_fn_for(model, class_cond: bool, use_bf16: bool = False) -> Callable:
-    """model(x, t, y) that ignores labels for unconditional models and returns float32."""
-
-    def model_fn(x, t, y=None, **kwargs):
-        with autocast(use_bf16):
-            return model(x, t, y=y if class_cond else None, **kwargs).float()
-
-    return model_fn
+    networks = {Autoguidance: dict(guide=guide_denoiser),
+                ClassifierGuidance: dict(cond_fn=cond_fn, conditioning=classifier_conditioning)}
+    return Guidance.of(tuple(t.with_network(**networks[type(t)]) if type(t) in networks else t
+                             for t in prepared.terms))
 
 
 # ----- labels and batches ---------------------------------------------------------------------------------
@@ -384,38 +290,31 @@ def _trajectory_for(indices: list[int], count: int, steps: int,
     return Trajectory(min(count, len(indices)), steps, to_pixels=to_pixels)
 
 
-def _sample(diffusion, model_fn, shape, kwargs: dict, indices: list[int], args, options: SamplerOptions,
+def _sample(loaded: LoadedModel, shape, kwargs: dict, indices: list[int], args, options: SamplerOptions,
             guidance: Guidance, steps: int, to_pixels: Callable[[torch.Tensor], np.ndarray] = to_uint8) -> np.ndarray:
-    """uint8 NHWC samples of one batch, with the trajectory strip when this batch holds sample 0; diffusion None
-    means model_fn is a denoiser at continuous sigma (an EDM/EDM2 network); to_pixels converts the sampler's
-    output (pixels in [-1, 1], or latents to decode)."""
+    """uint8 NHWC samples of one batch, with the trajectory strip when this batch holds sample 0; to_pixels
+    converts the sampler's output (pixels in [-1, 1], or latents to decode)."""
     rng = SampleRNG([args.seed + i for i in indices])
     trajectory = _trajectory_for(indices, args.save_trajectory, steps, to_pixels)
-    if diffusion is None:
-        sample = run_sigma_sampler(model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
-                                   device=dist_util.dev())
-    else:
-        sample = run_sampler(diffusion, model_fn, shape, kwargs, rng, options, guidance, callback=trajectory,
-                             device=dist_util.dev())
+    sample = loaded.sample(shape, kwargs, rng, options, guidance, callback=trajectory, device=dist_util.dev())
     images = to_pixels(sample)
     if trajectory is not None:
         trajectory.save(os.path.join(logger.get_dir(), "trajectory.png"), images)
     return images
 
 
-def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> Callable:
+def image_batch_fn(loaded: LoadedModel, args, guidance: Guidance | None = None) -> Callable:
     """make_batch(indices) for a base (non-upsampling) model: labels (when class-conditional or guided by a
     classifier) and noise from each sample's seed, the guidance, uint8 images out (a latent network's latents
     decoded by its encoder)."""
     guidance = guidance or Guidance()
     encoder = latent_encoder(args) if getattr(args, "latent_channels", 0) else None
     to_pixels = to_uint8 if encoder is None else latents.pixel_converter(encoder, dist_util.dev())
-    model_fn = model if diffusion is None else model_fn_for(model, args.class_cond, args.use_bf16)
     labelled = args.class_cond or guidance.cond_fn is not None  # a classifier needs labels for any model
     classes = parse_classes(args.classes, args.num_classes) if labelled else None
     options = sampler_options(args)
-    guidance.check_intervals(visited_levels(diffusion or model_fn, options))
-    steps = step_count(diffusion or model_fn, options)
+    guidance.check_intervals(loaded.visited_levels(options))
+    steps = loaded.step_count(options)
 
     control = None
     if getattr(args, "control_cond", ""):
@@ -433,65 +332,25 @@ def image_batch_fn(model, diffusion, args, guidance: Guidance | None = None) -> 
             shape = (len(indices), 3, args.image_size, args.image_size)
         else:
             shape = (len(indices), args.latent_channels, args.latent_size, args.latent_size)
-        return _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance, steps, to_pixels), labels
+        return _sample(loaded, shape, kwargs, indices, args, options, guidance, steps, to_pixels), labels
 
     return make_batch
 
 
-# ----- base samples for super-resolution ----------------------------------------------------------------
+# ----- super-resolution -----------------------------------------------------------------------------------
 
-class BaseSamples:
-    """Low-resolution images (and labels) from an npz, read by index; index i uses base image i % count."""
-
-    def __init__(self, path: str, small_size: int, need_labels: bool):
-        require_file(path, "base_samples")
-        self.path = path
-        self.images = NpzArray(path, "arr_0")
-        shape = self.images.shape
-        if len(shape) != 4 or shape[3] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"--base_samples {path}: arr_0 must be uint8 NHWC RGB images, got {shape} "
-                             f"{self.images.dtype}")
-        if shape[1:3] != (small_size, small_size):
-            raise ValueError(f"--base_samples {path} holds {shape[1]}x{shape[2]} images but the upsampler takes "
-                             f"--small_size {small_size}: pass base samples of that size")
-        self.labels = None
-        if need_labels:
-            try:
-                self.labels = NpzArray(path, "arr_1").read()
-            except ValueError:
-                raise ValueError(f"--base_samples {path} has no labels (arr_1) but the upsampler is "
-                                 "class-conditional: sample the base with a class-conditional model, or use "
-                                 "--class_cond False with an unconditional upsampler") from None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batch(self, indices: list[int]) -> dict:
-        """{"low_res": [N, 3, s, s] in [-1, 1] (and "y")} for the given sample indices."""
-        rows = [i % len(self) for i in indices]
-        if rows == list(range(rows[0], rows[0] + len(rows))):
-            images = self.images.read(rows[0], rows[0] + len(rows))
-        else:
-            images = np.stack([self.images.read(r, r + 1)[0] for r in rows])
-        out = {"low_res": torch.from_numpy(images.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)}
-        if self.labels is not None:
-            out["y"] = torch.from_numpy(self.labels[rows].astype(np.int64))
-        return out
-
-
-def super_res_batch_fn(model, diffusion, args, base: BaseSamples, guidance: Guidance | None = None) -> Callable:
+def super_res_batch_fn(loaded: LoadedModel, args, base: BaseSamples, guidance: Guidance | None = None) -> Callable:
     """make_batch(indices) for an upsampler: low-res input (and labels) from base sample i % count, noise from
     seed + i, optional autoguidance by a weaker upsampler."""
     guidance = guidance or Guidance()
-    model_fn = model if diffusion is None else model_fn_for(model, args.class_cond, args.use_bf16)
     options = sampler_options(args)
-    guidance.check_intervals(visited_levels(diffusion or model_fn, options))
-    steps = step_count(diffusion or model_fn, options)
+    guidance.check_intervals(loaded.visited_levels(options))
+    steps = loaded.step_count(options)
 
     def make_batch(indices):
         kwargs = {k: v.to(dist_util.dev()) for k, v in base.batch(indices).items()}
         shape = (len(indices), 3, args.large_size, args.large_size)
-        images = _sample(diffusion, model_fn, shape, kwargs, indices, args, options, guidance, steps)
+        images = _sample(loaded, shape, kwargs, indices, args, options, guidance, steps)
         return images, kwargs["y"].cpu() if "y" in kwargs else None
 
     return make_batch

@@ -14,13 +14,20 @@ from . import gaussian_diffusion as gd
 from .control import parse_gates, parse_groups
 from .int_flags import int_flag
 from .respace import SpacedDiffusion, space_timesteps
-from .unet import EncoderUNetModel, SuperResModel, UNetModel
+from .train_state import parse_ema_rates
+from .unet import (  # noqa: F401 (default_channel_mult: also imported from here)
+    SR_CHANNEL_MULT,
+    UNET_CHANNEL_MULT,
+    EncoderUNetModel,
+    SuperResModel,
+    UNetModel,
+    default_channel_mult,
+)
 
 NUM_CLASSES = 1000
 
 # Channel multipliers the released models use at each image size.
-_UNET_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
-_SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+_UNET_CHANNEL_MULT, _SR_CHANNEL_MULT = UNET_CHANNEL_MULT, SR_CHANNEL_MULT
 _CLASSIFIER_HEAD_CHANNELS = 64
 
 
@@ -90,11 +97,6 @@ def classifier_and_diffusion_defaults() -> dict:
     res = classifier_defaults()
     res.update(diffusion_defaults())
     return res
-
-
-def default_channel_mult(image_size: int, super_res: bool = False) -> tuple | None:
-    """The channel multipliers the released models use at this image size (None for other sizes)."""
-    return (_SR_CHANNEL_MULT if super_res else _UNET_CHANNEL_MULT).get(image_size)
 
 
 def parse_channel_mult(spec: str, image_size: int, table: dict, flag: str = "channel_mult") -> tuple:
@@ -412,7 +414,6 @@ def float_flag(name: str):
 
 def _ema_rate_flag(text: str) -> str:
     """--ema_rate: comma-separated rates in [0, 1), kept as the string the original passes on."""
-    from .train_state import parse_ema_rates
 
     try:
         parse_ema_rates(text)

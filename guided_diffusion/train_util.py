@@ -22,11 +22,12 @@ from . import dist_util, logger
 from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict, training_state_from_bytes
 from .control import drop_controls
 from .edm2 import has_mp_weights, project_weights
+from .edm_util import objective_from_flags
 from .fp16_util import MixedPrecisionTrainer
 from .nn import update_ema
 from .objectives import EDMLoss, edm2_learning_rate
 from .phema import PowerFunctionEMA
-from .resample import LossAwareSampler, UniformSampler
+from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
 from .train_state import (  # noqa: F401  (the original's names, importable from here)
     capture_rng_state,
     find_resume_checkpoint,
@@ -384,9 +385,6 @@ def train_diffusion_from_args(args, model, diffusion, make_data, label_dropout: 
     """What image_train.py and super_res_train.py share: resolve --resume_checkpoint, open the data stream at
     the resumed position (make_data(start_batch)), and run a TrainLoop with the script's flags (diffusion None:
     the network is a denoiser trained with the EDM/EDM2 objective of the flags)."""
-    from .edm_util import objective_from_flags
-    from .resample import create_named_schedule_sampler
-
     resume = find_resume_checkpoint(args.resume_checkpoint, logger.get_dir(), parse_ema_rates(args.ema_rate))
     data = make_data(parse_resume_step_from_filename(resume) if resume else 0)
     logger.log("training...")

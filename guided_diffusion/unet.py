@@ -19,6 +19,16 @@ from .blocks import Downsample, ResBlock, TimestepBlock, TimestepEmbedSequential
 from .fp16_util import convert_module_to_f16, convert_module_to_f32
 from .nn import conv_nd, linear, normalization, timestep_embedding, zero_module
 
+# The channel multipliers of the released models at each image size (the original's create_model and
+# sr_create_model tables).
+UNET_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
+SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+
+
+def default_channel_mult(image_size: int, super_res: bool = False) -> tuple | None:
+    """The channel multipliers the released models use at this image size (None for other sizes)."""
+    return (SR_CHANNEL_MULT if super_res else UNET_CHANNEL_MULT).get(image_size)
+
 POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
 

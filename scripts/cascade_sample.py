@@ -59,19 +59,19 @@ def main(argv: list[str] | None = None) -> None:
     base.classifier_path, base.classifier_scale = args.classifier_path, args.classifier_scale
     base.classifier_interval = args.classifier_interval
     guide = sampling.guide_args(base, base_architecture)
-    sampling.guidance_settings(base)
+    prepared = sampling.Prepared(guide, sampling.guidance_terms(base))
     sampling.sampler_options(args)
     dist_util.setup_dist()
     folder = configure_logging("cascade_sample", args)
 
-    model, diffusion = sampling.build(create_model_and_diffusion, base, base_architecture, args.base_model_path,
-                                      "base_model_path", base.use_fp16)
+    model = sampling.load_model(create_model_and_diffusion, base, base_architecture, args.base_model_path,
+                                "base_model_path", base.use_fp16)
     classifier = None
     if clf is not None:
         classifier = create_classifier(**args_to_dict(clf, classifier_defaults().keys()))
-        sampling.load_network(classifier, args.classifier_path, "classifier_path", clf.classifier_use_fp16)
+        sampling.load_module_weights(classifier, args.classifier_path, "classifier_path", clf.classifier_use_fp16)
     conditioning = edm_util.classifier_conditioning(checkpoint_args(args.classifier_path)) if clf else None
-    guidance = sampling.guidance_from_args(base, guide, create_model_and_diffusion, base_architecture, classifier,
+    guidance = sampling.guidance_from_args(base, prepared, create_model_and_diffusion, base_architecture, classifier,
                                            conditioning)
     logger.log("stage 1: base samples")
     clf_settings = {f"classifier:{k}": v for k, v in vars(clf).items() if k not in SHARED} if clf else {}
@@ -80,20 +80,20 @@ def main(argv: list[str] | None = None) -> None:
                                record=lambda: sample_record("cascade_sample/base", {**vars(base), **clf_settings},
                                                             files={"base_model_path": args.base_model_path,
                                                                    "classifier_path": args.classifier_path}))
-    base_path = generate(base_writer, args.batch_size, sampling.image_batch_fn(model, diffusion, base, guidance),
+    base_path = generate(base_writer, args.batch_size, sampling.image_batch_fn(model, base, guidance),
                          grid=args.grid)
-    del model, diffusion, guidance, classifier
+    del model, guidance, classifier
 
     logger.log("stage 2: upsampling")
-    sr_model, sr_diffusion = sampling.build(sr_create_model_and_diffusion, sr, sr_architecture, args.sr_model_path,
-                                            "sr_model_path", sr.use_fp16)
+    sr_model = sampling.load_model(sr_create_model_and_diffusion, sr, sr_architecture, args.sr_model_path,
+                                   "sr_model_path", sr.use_fp16)
     low_res = sampling.BaseSamples(base_path, sr.small_size, need_labels=sr.class_cond)
     sr_writer = SampleWriter(os.path.join(folder, "upsampled"), args.num_samples, sr.large_size, sr.large_size,
                              with_labels=sr.class_cond, record=lambda: sample_record(
                                  "cascade_sample/upsampled", vars(sr),
                                  files={"sr_model_path": args.sr_model_path, "base_samples": base_path}))
     sr.save_trajectory = 0  # the trajectory strip shows the base stage
-    generate(sr_writer, args.batch_size, sampling.super_res_batch_fn(sr_model, sr_diffusion, sr, low_res, Guidance()),
+    generate(sr_writer, args.batch_size, sampling.super_res_batch_fn(sr_model, sr, low_res, Guidance()),
              grid=args.grid)
 
 

@@ -35,25 +35,26 @@ def main(argv: list[str] | None = None) -> None:
         saved = apply_checkpoint_args(args, args.classifier_path, keys, explicit_flags(argv), "classifier_path")
         sampling.match_classifier(args, saved or {}, args.classifier_path)
 
-    guide = sampling.prepare("classifier_sample", args, architecture, argv, checks=(classifier_matches,))
+    prepared = sampling.prepare("classifier_sample", args, architecture, argv, checks=(classifier_matches,))
 
     logger.log("creating model and diffusion...")
-    model, diffusion = sampling.build(create_model_and_diffusion, args, architecture, args.model_path,
-                                      "model_path", args.use_fp16)
+    model = sampling.load_model(create_model_and_diffusion, args, architecture, args.model_path, "model_path",
+                                args.use_fp16)
     logger.log("loading classifier...")
     classifier = create_classifier(**args_to_dict(args, classifier_defaults().keys()))
-    sampling.load_network(classifier, args.classifier_path, "classifier_path", args.classifier_use_fp16)
-    guidance = sampling.guidance_from_args(args, guide, create_model_and_diffusion, architecture, classifier,
+    sampling.load_module_weights(classifier, args.classifier_path, "classifier_path", args.classifier_use_fp16)
+    guidance = sampling.guidance_from_args(args, prepared, create_model_and_diffusion, architecture, classifier,
                                            edm_util.classifier_conditioning(checkpoint_args(args.classifier_path)))
 
     logger.log("sampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size, with_labels=True,
                           record=lambda: sample_record("classifier_sample", args))
-    generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args, guidance), grid=args.grid)
+    generate(writer, args.batch_size, sampling.image_batch_fn(model, args, guidance), grid=args.grid)
 
 
 def create_argparser():
     defaults = sampling.sampling_defaults()
+    defaults.update(sampling.preset_flag_defaults())
     defaults.update(sampling.classifier_flag_defaults())
     defaults.update(model_and_diffusion_defaults())
     defaults.update(edm_util.edm_defaults())

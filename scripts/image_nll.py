@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logger.log("creating model and diffusion...")
     model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
-    sampling.load_network(model, args.model_path, "model_path", args.use_fp16)
+    sampling.load_module_weights(model, args.model_path, "model_path", args.use_fp16)
     torch.manual_seed(args.seed + dist_util.get_rank())
 
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,

@@ -23,21 +23,22 @@ from guided_diffusion.script_util import create_model_and_diffusion, model_and_d
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
-    guide = sampling.prepare("image_sample", args, architecture, argv)
+    prepared = sampling.prepare("image_sample", args, architecture, argv)
 
     logger.log("creating model and diffusion...")
-    model, diffusion = sampling.build(create_model_and_diffusion, args, architecture, args.model_path,
-                                      "model_path", args.use_fp16)
-    guidance = sampling.guidance_from_args(args, guide, create_model_and_diffusion, architecture)
+    model = sampling.load_model(create_model_and_diffusion, args, architecture, args.model_path, "model_path",
+                                args.use_fp16)
+    guidance = sampling.guidance_from_args(args, prepared, create_model_and_diffusion, architecture)
 
     logger.log("sampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size,
                           with_labels=args.class_cond, record=lambda: sample_record("image_sample", args))
-    generate(writer, args.batch_size, sampling.image_batch_fn(model, diffusion, args, guidance), grid=args.grid)
+    generate(writer, args.batch_size, sampling.image_batch_fn(model, args, guidance), grid=args.grid)
 
 
 def create_argparser():
     defaults = sampling.sampling_defaults()
+    defaults.update(sampling.preset_flag_defaults())
     defaults.update(sampling.latent_flag_defaults())
     defaults.update(model_and_diffusion_defaults())
     defaults.update(edm_util.edm_defaults())

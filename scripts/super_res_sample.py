@@ -18,9 +18,6 @@ from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    if args.cfg_scale != 1:
-        raise ValueError(f"--cfg_scale {args.cfg_scale}: classifier-free guidance applies to base models trained "
-                         "with --class_dropout_prob, not to upsamplers")
     architecture = {**sr_model_and_diffusion_defaults(), **edm_util.objective_defaults()}
     base = None
 
@@ -28,23 +25,23 @@ def main(argv: list[str] | None = None) -> None:
         nonlocal base
         base = sampling.BaseSamples(args.base_samples, args.small_size, need_labels=args.class_cond)
 
-    guide = sampling.prepare("super_res_sample", args, architecture, argv, size_flag="large_size",
-                             checks=(read_base,))
+    prepared = sampling.prepare("super_res_sample", args, architecture, argv, size_flag="large_size",
+                                checks=(read_base,))
 
     logger.log("creating model...")
-    model, diffusion = sampling.build(sr_create_model_and_diffusion, args, architecture, args.model_path,
-                                      "model_path", args.use_fp16)
-    guidance = sampling.guidance_from_args(args, guide, sr_create_model_and_diffusion, architecture)
+    model = sampling.load_model(sr_create_model_and_diffusion, args, architecture, args.model_path, "model_path",
+                                args.use_fp16)
+    guidance = sampling.guidance_from_args(args, prepared, sr_create_model_and_diffusion, architecture)
 
     logger.log("upsampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.large_size, args.large_size,
                           with_labels=args.class_cond, record=lambda: sample_record("super_res_sample", args))
-    generate(writer, args.batch_size, sampling.super_res_batch_fn(model, diffusion, args, base, guidance),
+    generate(writer, args.batch_size, sampling.super_res_batch_fn(model, args, base, guidance),
              grid=args.grid)
 
 
 def create_argparser():
-    defaults = sampling.sampling_defaults()
+    defaults = sampling.upsampler_sampling_defaults()
     defaults.update(base_samples="")
     defaults.update(sr_model_and_diffusion_defaults())
     defaults.update(edm_util.objective_defaults())

@@ -5,7 +5,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np
 import pytest
+import torch
+
+from evaluations.dinov2 import ViTConfig
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,14 @@ def cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "default_cache"
     monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2():
+    """(config, state dict, the fixture's arrays) of the small random DINOv2 backbone written by the official code
+    (tests/make_dinov2_fixture.py, tests/fixtures/dinov2/tiny.npz)."""
+    with np.load(os.path.join(os.path.dirname(__file__), "fixtures", "dinov2", "tiny.npz")) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    config = ViTConfig("tiny", **{key[7:]: int(arrays[key]) for key in arrays if key.startswith("config_")})
+    state = {key[6:]: torch.from_numpy(value) for key, value in arrays.items() if key.startswith("state/")}
+    return config, state, arrays

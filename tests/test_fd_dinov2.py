@@ -15,7 +15,7 @@ import torch
 
 import inception_standin
 from evaluations import dinov2, dinov2_weights, evaluator, metrics, stats_files
-from evaluations.dinov2 import VITL14, DinoV2Features, ViTConfig, preprocess, state_dict_layout
+from evaluations.dinov2 import VITL14, DinoV2Features, preprocess, state_dict_layout
 from evaluations.errors import EvaluatorError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dinov2"
@@ -25,13 +25,9 @@ pytestmark = pytest.mark.usefixtures("cache_dir")  # a fresh default cache dir p
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_dinov2):
     """(config, state dict, the fixture's arrays) of the official code's small random backbone."""
-    with np.load(FIXTURE / "tiny.npz") as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    config = ViTConfig("tiny", **{key[7:]: int(arrays[key]) for key in arrays if key.startswith("config_")})
-    state = {key[6:]: torch.from_numpy(value) for key, value in arrays.items() if key.startswith("state/")}
-    return config, state, arrays
+    return tiny_dinov2
 
 
 @pytest.fixture
