@@ -37,21 +37,30 @@ def checkpoint_args(path: str) -> dict | None:
     return saved
 
 
-def apply_checkpoint_args(args, path: str, keys, explicit: set[str], flag: str) -> dict | None:
-    """Fill the architecture flags in `keys` from the args.json beside `path` unless given explicitly; an
-    explicit flag that disagrees with the file wins and is reported. Returns the file's flags (or None)."""
+def checkpoint_layer(path: str, keys, given: dict, explicit: set[str], flag: str) -> tuple[dict, dict | None]:
+    """(the architecture flags in `keys` that the args.json beside `path` implies, the file's flags or None);
+    flags given explicitly are left out, and one that disagrees with the file wins and is reported."""
     saved = checkpoint_args(path)
     if saved is None:
-        return None
+        return {}, None
+    layer = {}
     for key in keys:
         if key in _NOT_ARCHITECTURE or key not in saved:
             continue
         if key in explicit:
-            if saved[key] != getattr(args, key):
-                logger.warn(f"--{key} {getattr(args, key)} given; args.json beside --{flag} {path} says "
-                            f"{saved[key]}: using {getattr(args, key)}")
+            if saved[key] != given[key]:
+                logger.warn(f"--{key} {given[key]} given; args.json beside --{flag} {path} says {saved[key]}: "
+                            f"using {given[key]}")
         else:
-            setattr(args, key, saved[key])
+            layer[key] = saved[key]
+    return layer, saved
+
+
+def apply_checkpoint_args(args, path: str, keys, explicit: set[str], flag: str) -> dict | None:
+    """Fill the architecture flags in `keys` of a namespace being built (checkpoint_layer) from the args.json
+    beside `path`. Returns the file's flags (or None)."""
+    layer, saved = checkpoint_layer(path, keys, vars(args), explicit, flag)
+    vars(args).update(layer)
     return saved
 
 

@@ -50,7 +50,7 @@ def sample_record(script: str, args: argparse.Namespace | dict, files: dict[str,
     """The record of a sampling run: its script, the identity of the files named by SAMPLE_FILE_FLAGS in args
     (or given as files: {flag: path}) and every other flag except SAMPLE_NEUTRAL_FLAGS. Reads every file once
     (about 1.2 GB/s), so call it in one process and share the result."""
-    flags = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    flags = dict(args if isinstance(args, dict) else vars(args))  # a namespace or frozen settings
     named = {k: flags[k] for k in SAMPLE_FILE_FLAGS if flags.get(k)} if files is None else files
     settings = {k: v for k, v in flags.items() if k not in SAMPLE_NEUTRAL_FLAGS and k not in SAMPLE_FILE_FLAGS}
     return {"script": script, "files": {k: file_identity(p) for k, p in named.items() if p},

@@ -1,12 +1,14 @@
 """What every sampling script shares: its opening (check files, read args.json, set up processes and the log
 folder, build and load the networks, the guidance from the flags) and the batch functions.
 
-- Sample i uses the random stream seeded with seed + i (and its label, when drawn at random, too), so the
-  same command gives the same images for any batch size and any number of processes.
+- Sample i's noise uses the random stream seeded with seed + i (its label, when drawn at random, the stream of
+  (seed, i)), so the same command gives the same images for any batch size and any number of processes.
 - Work is cut into batches of consecutive indices dealt round-robin to the ranks; each finished batch is
   written at once (sample_writer), so a long run holds no samples in memory and a rerun resumes.
-- Architecture flags come from the args.json beside a checkpoint trained here, unless given explicitly
-  (checkpoint_flags); the sampler and its options are looked up in sampler_dispatch; guidance is guidance.py.
+- The flags resolve once (prepare, settings.py): defaults < what the checkpoints imply (args.json beside a
+  checkpoint trained here, an NVlabs network's size and labels) < an EDM2 preset < the command line, into frozen
+  settings; the network comes from loader.py, the sampler and its options from sampler_dispatch, guidance from
+  guidance_terms.py and guidance.py.
 - A network on latents (EDM2's img512) samples latents, which its encoder decodes to pixels batch by batch
   (latents.py); --image_size is then the decoded size.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ import torch
 from . import dist_util, edm_util, latents, logger, presets
 from .base_samples import BaseSamples
 from .checkpoint_flags import (
-    apply_checkpoint_args,
+    checkpoint_layer,
     configure_logging,
     explicit_flags,
     namespace_from_flags,
@@ -49,6 +51,7 @@ from .loader import (  # noqa: F401 (_latent_encoder, autocast, load_module_weig
     nvlabs_flags,
 )
 from .sampler_dispatch import SamplerOptions
+from .settings import freeze, resolve
 
 
 def upsampler_sampling_defaults() -> dict:
@@ -113,35 +116,69 @@ def sampler_options(args) -> SamplerOptions:
 # ----- the opening ----------------------------------------------------------------------------------------
 
 class Prepared(NamedTuple):
-    """What the scripts' opening found: the guide's flags (None without --guide_model_path) and the guidance
-    terms made and checked from the flags, their networks not yet loaded."""
+    """What the scripts' opening found: the run's flags resolved once and frozen (settings.freeze), the guide's
+    flags (None without --guide_model_path) and the guidance terms made and checked from the flags, their
+    networks not yet loaded."""
 
+    settings: Any
     guide: argparse.Namespace | None
     terms: tuple[Term, ...]
 
 
 def prepare(script: str, args, architecture: dict, argv: list[str] | None = None, size_flag: str = "image_size",
-            checks: tuple[Callable[[], None], ...] = ()) -> Prepared:
-    """The scripts' opening: the checkpoint exists, architecture flags from its args.json, the guide model's
-    flags (checked against the model), the script's own checks, the guidance terms, then processes and the log
-    folder. argv: the command line (default sys.argv)."""
+            implied_by: tuple[Callable[[Any], dict], ...] = (),
+            checks: tuple[Callable[[Any], None], ...] = ()) -> Prepared:
+    """The scripts' opening: the flags resolved once, checked, then processes and the log folder. argv: the
+    command line (default sys.argv).
+
+    Flags resolve in one order, each source winning over those before it (settings.py): the parser's defaults,
+    what the checkpoints imply (the model's args.json or an NVlabs network's size and labels, then each of
+    implied_by(settings so far), e.g. a classifier's args.json; a latent network's decoded size), an EDM2 preset,
+    the command line. `args` (the parsed namespace) is left as it is; the run reads Prepared.settings. The
+    guide's flags are checked against the model, then the script's checks(settings) run, then the guidance
+    terms and the sampler options are checked: all before any process starts."""
     explicit = explicit_flags(argv)
-    if getattr(args, "preset", ""):  # flags given explicitly win over the preset's
-        preset = presets.resolve_preset(args.preset, args.model_dir)
-        vars(args).update({k: v for k, v in preset.items() if k not in explicit})
-    require_file(args.model_path, "model_path")
-    if is_nvlabs_pickle(args.model_path):
+    given = dict(vars(args))
+    preset = presets.resolve_preset(given["preset"], given["model_dir"]) if given.get("preset") else {}
+    model_path = resolve(given, explicit, preset)["model_path"]
+    require_file(model_path, "model_path")
+    implied = _implied_by_model(model_path, given, explicit, architecture, size_flag)
+    for implied_by_other in implied_by:
+        implied.update(implied_by_other(freeze(resolve(given, explicit, implied, preset))))
+    settings = freeze(resolve(given, explicit, implied, preset))
+    _check_model_flags(settings)
+    guide = guide_args(settings, architecture, size_flag)
+    for check in checks:
+        check(settings)
+    terms = guidance_terms(settings)  # bad guidance and sampler flags fail before any process starts
+    sampler_options(settings)
+    if getattr(settings, "latent_channels", 0):
+        implied["image_size"] = _decoded_size(settings, explicit)
+        settings = freeze(resolve(given, explicit, implied, preset))
+    dist_util.setup_dist()
+    configure_logging(script, settings)
+    return Prepared(settings, guide, terms)
+
+
+def _implied_by_model(path: str, given: dict, explicit: set[str], architecture: dict, size_flag: str) -> dict:
+    """The flags the model checkpoint implies: an NVlabs network's image size and labels (D unclipped, as EDM
+    samples), or the args.json of one trained here (for a network on latents, their channels and size; trained
+    in sigma space: D unclipped)."""
+    if is_nvlabs_pickle(path):
         if size_flag != "image_size":
-            raise ValueError(f"--model_path {args.model_path} is an EDM/EDM2 network, not an upsampler")
-        implied = {**nvlabs_flags(args.model_path, "model_path"), "clip_denoised": False}  # EDM does not clip D
-        vars(args).update({k: v for k, v in implied.items() if k not in explicit})
-    else:
-        saved = apply_checkpoint_args(args, args.model_path, architecture, explicit, "model_path")
-        trained = latents.trained_encoder(saved, f"--model_path {args.model_path}")
-        if trained is not None:  # trained here on latents: the network's channels and size, decoded later
-            args.encoder, args.latent_channels, args.latent_size = saved["encoder"], trained[1], trained[2]
-        if edm_util.uses_sigma_space(args) and "clip_denoised" not in explicit:
-            args.clip_denoised = False  # trained in sigma space: D unclipped, as EDM samples
+            raise ValueError(f"--model_path {path} is an EDM/EDM2 network, not an upsampler")
+        return {**nvlabs_flags(path, "model_path"), "clip_denoised": False}
+    layer, saved = checkpoint_layer(path, architecture, given, explicit, "model_path")
+    trained = latents.trained_encoder(saved, f"--model_path {path}")
+    if trained is not None:  # trained here on latents: the network's channels and size, decoded later
+        layer.update(encoder=saved["encoder"], latent_channels=trained[1], latent_size=trained[2])
+    if edm_util.uses_sigma_space(freeze(resolve(given, explicit, layer))):
+        layer["clip_denoised"] = False
+    return layer
+
+
+def _check_model_flags(args) -> None:
+    """One-line errors for flags the model cannot use: a classifier or labels it cannot take, a VAE for pixels."""
     space = _latent_space(args.model_path, "model_path")
     if space is not None and getattr(args, "classifier_path", ""):
         raise ValueError(f"--classifier_path {args.classifier_path}: the classifier sees pixels but the model "
@@ -154,16 +191,6 @@ def prepare(script: str, args, architecture: dict, argv: list[str] | None = None
         raise ValueError(f"--classes {args.classes}: the model {args.model_path} is unconditional (class_cond False), "
                          "so it would ignore the labels; use a class-conditional model or guide this one with a "
                          "classifier (classifier_sample.py --classifier_path)")
-    guide = guide_args(args, architecture, size_flag)
-    for check in checks:
-        check()
-    terms = guidance_terms(args)  # bad guidance and sampler flags fail before any process starts
-    sampler_options(args)
-    if space is not None:
-        _use_decoded_size(args, explicit)
-    dist_util.setup_dist()
-    configure_logging(script, args)
-    return Prepared(guide, terms)
 
 
 def guide_args(args, architecture: dict, size_flag: str = "image_size") -> argparse.Namespace | None:
@@ -201,25 +228,27 @@ def guide_args(args, architecture: dict, size_flag: str = "image_size") -> argpa
     return guide
 
 
-def match_classifier(args, classifier: dict, path: str) -> None:
+def match_classifier(args, classifier: dict, path: str) -> dict:
     """A classifier must take the model's image size and a class-conditional model's label set; an unconditional
-    model takes the classifier's labels. classifier: the classifier's flags (its args.json)."""
-    if not args.class_cond and "num_classes" in classifier:
-        args.num_classes = classifier["num_classes"]
+    model takes the classifier's labels. classifier: the classifier's flags (its args.json). Returns the flags it
+    implies ({"num_classes": ...} for an unconditional model, else none)."""
+    implied = {"num_classes": classifier["num_classes"]} if not args.class_cond and "num_classes" in classifier else {}
     for key, what in (("image_size", "image size"), ("num_classes", "number of classes")):
-        if key in classifier and classifier[key] != getattr(args, key):
+        mine = implied.get(key, getattr(args, key))
+        if key in classifier and classifier[key] != mine:
             raise ValueError(f"the classifier {path} was trained with {key} {classifier[key]} but the model uses "
-                             f"{getattr(args, key)}: use a classifier of the model's {what}")
+                             f"{mine}: use a classifier of the model's {what}")
+    return implied
 
 
-def _use_decoded_size(args, explicit: set) -> None:
-    """Load a latent network's VAE (one-line errors before any process starts) and make --image_size the side of
-    the decoded images, which the samples npz holds."""
+def _decoded_size(args, explicit: set) -> int:
+    """Load a latent network's VAE (one-line errors before any process starts): the side of the decoded images,
+    which the samples npz holds (the run's --image_size)."""
     size = latent_encoder(args).pixel_size(args.latent_size)
     if "image_size" in explicit and args.image_size != size:
         raise ValueError(f"--image_size {args.image_size}: the model {args.model_path} makes {args.latent_size}x"
                          f"{args.latent_size} latents, which decode to {size}x{size} images; leave --image_size out")
-    args.image_size = size
+    return size
 
 
 def guidance_terms(args) -> tuple[Term, ...]:

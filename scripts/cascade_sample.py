@@ -26,6 +26,7 @@ from guided_diffusion.script_util import (
     sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
 )
+from guided_diffusion.settings import freeze, with_flags
 
 # Options that apply to both stages.
 SHARED = [k for k in sampling.sampling_defaults() if k not in ("model_path", "log_dir", "grid")]
@@ -36,10 +37,7 @@ def stage_args(args, defaults, flags, path, flag):
     if sampling.is_nvlabs_pickle(path):
         raise ValueError(f"--{flag} {path} is an EDM/EDM2 network: sample it with image_sample.py or "
                          "classifier_sample.py (cascade_sample.py takes ADM checkpoints)")
-    stage = namespace_from_flags(defaults, flags, path, flag)
-    for key in SHARED:
-        setattr(stage, key, getattr(args, key))
-    return stage
+    return freeze({**vars(namespace_from_flags(defaults, flags, path, flag)), **{k: getattr(args, k) for k in SHARED}})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,11 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.classifier_path:  # defaults from the base model, then the classifier's args.json, then its flags
         clf_defaults = {**classifier_defaults(), "image_size": base.image_size, "num_classes": base.num_classes}
         clf = stage_args(args, clf_defaults, args.classifier_flags, args.classifier_path, "classifier_path")
-        sampling.match_classifier(base, vars(clf), args.classifier_path)
-    base.classifier_path, base.classifier_scale = args.classifier_path, args.classifier_scale
-    base.classifier_interval = args.classifier_interval
+        base = with_flags(base, **sampling.match_classifier(base, vars(clf), args.classifier_path))
+    base = with_flags(base, classifier_path=args.classifier_path, classifier_scale=args.classifier_scale,
+                      classifier_interval=args.classifier_interval)
     guide = sampling.guide_args(base, base_architecture)
-    prepared = sampling.Prepared(guide, sampling.guidance_terms(base))
+    prepared = sampling.Prepared(base, guide, sampling.guidance_terms(base))
     sampling.sampler_options(args)
     dist_util.setup_dist()
     folder = configure_logging("cascade_sample", args)
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                              with_labels=sr.class_cond, record=lambda: sample_record(
                                  "cascade_sample/upsampled", vars(sr),
                                  files={"sr_model_path": args.sr_model_path, "base_samples": base_path}))
-    sr.save_trajectory = 0  # the trajectory strip shows the base stage
+    sr = with_flags(sr, save_trajectory=0)  # the trajectory strip shows the base stage
     generate(sr_writer, args.batch_size, sampling.super_res_batch_fn(sr_model, sr, low_res, Guidance()),
              grid=args.grid)
 

@@ -10,7 +10,7 @@ Classifier-free guidance and autoguidance (see image_sample.py) combine with it.
 
 
 from guided_diffusion import cli, edm_util, logger, sampling
-from guided_diffusion.checkpoint_flags import apply_checkpoint_args, checkpoint_args, explicit_flags, require_file
+from guided_diffusion.checkpoint_flags import checkpoint_args, checkpoint_layer, explicit_flags, require_file
 from guided_diffusion.sample_record import sample_record
 from guided_diffusion.sample_writer import SampleWriter, generate
 from guided_diffusion.script_util import (
@@ -26,16 +26,18 @@ def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
 
-    def classifier_matches():
-        require_file(args.classifier_path, "classifier_path")
+    def implied_by_classifier(settings) -> dict:
+        require_file(settings.classifier_path, "classifier_path")
         keys = [k for k in classifier_defaults() if k.startswith("classifier_")]
-        if sampling.is_nvlabs_pickle(args.model_path) or edm_util.uses_sigma_space(args):
+        if sampling.is_nvlabs_pickle(settings.model_path) or edm_util.uses_sigma_space(settings):
             # a model at continuous sigma: the classifier's own schedule maps sigma to its timesteps
             keys += ["noise_schedule", "diffusion_steps"]
-        saved = apply_checkpoint_args(args, args.classifier_path, keys, explicit_flags(argv), "classifier_path")
-        sampling.match_classifier(args, saved or {}, args.classifier_path)
+        layer, saved = checkpoint_layer(settings.classifier_path, keys, vars(settings), explicit_flags(argv),
+                                        "classifier_path")
+        return {**layer, **sampling.match_classifier(settings, saved or {}, settings.classifier_path)}
 
-    prepared = sampling.prepare("classifier_sample", args, architecture, argv, checks=(classifier_matches,))
+    prepared = sampling.prepare("classifier_sample", args, architecture, argv, implied_by=(implied_by_classifier,))
+    args = prepared.settings
 
     logger.log("creating model and diffusion...")
     model = sampling.load_model(create_model_and_diffusion, args, architecture, args.model_path, "model_path",

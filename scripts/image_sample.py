@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
     architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
     prepared = sampling.prepare("image_sample", args, architecture, argv)
+    args = prepared.settings
 
     logger.log("creating model and diffusion...")
     model = sampling.load_model(create_model_and_diffusion, args, architecture, args.model_path, "model_path",

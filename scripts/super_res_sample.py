@@ -21,12 +21,13 @@ def main(argv: list[str] | None = None) -> None:
     architecture = {**sr_model_and_diffusion_defaults(), **edm_util.objective_defaults()}
     base = None
 
-    def read_base():
+    def read_base(settings):
         nonlocal base
-        base = sampling.BaseSamples(args.base_samples, args.small_size, need_labels=args.class_cond)
+        base = sampling.BaseSamples(settings.base_samples, settings.small_size, need_labels=settings.class_cond)
 
     prepared = sampling.prepare("super_res_sample", args, architecture, argv, size_flag="large_size",
                                 checks=(read_base,))
+    args = prepared.settings
 
     logger.log("creating model...")
     model = sampling.load_model(sr_create_model_and_diffusion, args, architecture, args.model_path, "model_path",
