@@ -49,6 +49,7 @@ INT_RANGES: dict[str, IntRange] = {
     "num_heads_upsample": IntRange(1, special=-1, special_means="as --num_heads"),
     "num_classes": IntRange(1),
     "diffusion_steps": IntRange(1),
+    "steps": IntRange(1),  # the sigma-space samplers' steps
 }
 
 

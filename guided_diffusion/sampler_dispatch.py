@@ -15,6 +15,7 @@ from .denoiser import Denoiser, process_sigmas
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import Guidance
 from .rng import SampleRNG
+from .script_util import range_error
 
 SIGMA_SCHEDULES = ("karras", "model")
 
@@ -53,18 +54,14 @@ class SamplerOptions:
             raise ValueError(f"--use_ddim True conflicts with --sampler {self.sampler}: drop --use_ddim")
         if self.sigma_schedule not in SIGMA_SCHEDULES:
             raise ValueError(f"--sigma_schedule {self.sigma_schedule!r}: choose one of {', '.join(SIGMA_SCHEDULES)}")
-        for flag in ("sigma_min", "sigma_max", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise"):
-            if math.isnan(getattr(self, flag)):
-                raise ValueError(f"--{flag} must be a number, got nan")
-        checks = [
-            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-            (self.sigma_min > 0, f"--sigma_min must be > 0, got {self.sigma_min}"),
+        for flag in ("steps", "eta", "sigma_min", "sigma_max", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise"):
+            problem = range_error(flag, getattr(self, flag))  # each flag's own range, as the command line checks it
+            if problem:
+                raise ValueError(problem)
+        checks = [  # what involves several flags
             (self.sigma_min < self.sigma_max,
              f"--sigma_min {self.sigma_min} must be below --sigma_max {self.sigma_max}"),
-            (self.rho > 0, f"--rho must be > 0, got {self.rho}"),
-            (self.s_churn >= 0, f"--s_churn must be >= 0, got {self.s_churn}"),
             (self.s_tmin <= self.s_tmax, f"--s_tmin {self.s_tmin} must not exceed --s_tmax {self.s_tmax}"),
-            (self.s_noise > 0, f"--s_noise must be > 0, got {self.s_noise}"),
             (self.sampler != "edm_stochastic" or self.s_churn > 0,
              "--sampler edm_stochastic needs --s_churn > 0 (with 0 it is --sampler heun)"),
             (self.sampler == "edm_stochastic" or self.s_churn == 0,

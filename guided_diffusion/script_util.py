@@ -12,7 +12,7 @@ import math
 
 from . import gaussian_diffusion as gd
 from .control import parse_gates, parse_groups
-from .int_flags import int_flag
+from .int_flags import INT_RANGES, describe, int_flag
 from .respace import SpacedDiffusion, space_timesteps
 from .train_state import parse_ema_rates
 from .unet import (  # noqa: F401 (default_channel_mult: also imported from here)
@@ -389,6 +389,23 @@ _FLOAT_RANGES = {
     "min_crop_frac": (0.0, False, 1.0, True),
     "control_dropout_prob": (0.0, True, 1.0, False),
 }
+
+
+def range_error(name: str, value: float) -> str | None:
+    """Why `value` lies outside --name's range (declared once: _FLOAT_RANGES, int_flags.INT_RANGES), or None; for
+    values that reach the code without the command line (SamplerOptions)."""
+    if isinstance(value, float) and math.isnan(value):
+        return f"--{name} must be a number, got nan"
+    if name in INT_RANGES:
+        allowed = INT_RANGES[name]
+        inside = value == allowed.special or (value >= allowed.low and (allowed.high is None or value <= allowed.high))
+        return None if inside else f"--{name} must be {describe(allowed)}, got {value}"
+    low, low_in, high, high_in = _FLOAT_RANGES.get(name, (-math.inf, False, math.inf, True))
+    if not (value >= low if low_in else value > low):
+        return f"--{name} must be {'>=' if low_in else '>'} {low:g}, got {value}"
+    if not (value <= high if high_in else value < high):
+        return f"--{name} must be {'<=' if high_in else '<'} {high:g}, got {value}"
+    return None
 
 
 def float_flag(name: str):

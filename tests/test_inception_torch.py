@@ -81,6 +81,7 @@ def test_features_match_tensorflow(features):
             assert relative_error(a, b) < 1e-4, name
 
 
+@pytest.mark.slow  # 45 s on 2 cores: the metrics of both backends (the features are compared in the quick loop)
 def test_metrics_match_tensorflow(features):
     (tf_ref, tf_sample), (torch_ref, torch_sample) = features["tf"], features["torch"]
     for attr in ("pool", "spatial"):  # FID, sFID
@@ -180,6 +181,7 @@ def test_converted_graph_is_cached_by_checksum(capsys, graph, tmp_path):
     assert f"converted Inception graph {path}: it does not fit the graph" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 45 s on 2 cores: both backends through the command line
 def test_cli_torch_backend_gives_the_tf_numbers(capsys, tmp_path, standin_pb, images, cache_dir):
     ref, sample = tmp_path / "ref.npz", tmp_path / "sample.npz"
     np.savez(ref, images[0])

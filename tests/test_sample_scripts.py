@@ -64,6 +64,7 @@ def test_rerun_resumes_a_killed_run(trained, base_samples, tmp_path):
     assert np.abs(first["arr_0"].astype(int) - again["arr_0"]).max() <= 1
 
 
+@pytest.mark.slow  # 45 s: a statistical check (test_samplers checks classifier guidance quickly)
 @pytest.mark.parametrize("launcher", ["main", MPIEXEC])
 def test_classifier_guidance_raises_the_requested_class(trained, tmp_path, launcher):
     probabilities = {}

@@ -313,7 +313,8 @@ def test_classifier_guidance_with_the_exact_classifier_gives_the_class_condition
 
 @pytest.mark.parametrize("changes, message", [
     ({"sampler": "plms"}, "--sampler 'plms': choose one of ddpm, ddim, euler, heun, edm_stochastic, dpmpp_2m"),
-    ({"sampler": "heun", "steps": 0}, "--steps must be >= 1, got 0"),
+    ({"sampler": "heun", "steps": 0}, "--steps must be an integer >= 1, got 0"),
+    ({"sampler": "ddim", "eta": -0.5}, "--eta must be >= 0, got -0.5"),
     ({"sampler": "heun", "sigma_min": 5.0, "sigma_max": 1.0}, "--sigma_min 5.0 must be below --sigma_max 1.0"),
     ({"sampler": "heun", "sigma_min": 0.0}, "--sigma_min must be > 0"),
     ({"sampler": "heun", "rho": 0.0}, "--rho must be > 0"),
@@ -407,7 +408,7 @@ def test_cascade_sample_with_edm_stochastic(trained, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--sampler", "heun", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--sampler", "heun", "--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
     (["--sampler", "unipc"], "--sampler 'unipc': choose one of"),
     (["--sampler", "euler", "--sigma_min", "2", "--sigma_max", "1"], "--sigma_min 2.0 must be below --sigma_max 1.0"),
 ])
