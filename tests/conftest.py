@@ -48,3 +48,13 @@ def tiny_dinov2():
     config = ViTConfig("tiny", **{key[7:]: int(arrays[key]) for key in arrays if key.startswith("config_")})
     state = {key[6:]: torch.from_numpy(value) for key, value in arrays.items() if key.startswith("state/")}
     return config, state, arrays
+
+
+@pytest.fixture(autouse=True)
+def _process_group_variables_do_not_leak():
+    """A test that sets up a process group in this process must undo the variables it exports; left behind they
+    make every later run in this process, and every script it starts, join a torchrun group that is not there."""
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    before = {key: os.environ.get(key) for key in keys}
+    yield
+    assert {key: os.environ.get(key) for key in keys} == before, "process-group variables left in the environment"

@@ -15,6 +15,17 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "nvlabs")
 ARCHITECTURE = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
 
 
+def _prepare(args, argv):
+    """sampling.prepare in this process, its process group and the variables it exports undone afterwards."""
+    environ = dict(os.environ)
+    try:
+        return sampling.prepare("image_sample", args, ARCHITECTURE, [str(a) for a in argv])
+    finally:
+        dist_util.cleanup()
+        os.environ.clear()
+        os.environ.update(environ)
+
+
 def _parse(argv):
     defaults = {**sampling.sampling_defaults(), **sampling.preset_flag_defaults(), **sampling.latent_flag_defaults(),
                 **ARCHITECTURE}
@@ -40,10 +51,7 @@ def test_a_sampling_run_resolves_its_flags_once_in_the_documented_order(tmp_path
             "--log_dir", tmp_path / "run", "--progress", False]
     args = _parse(argv)
     parsed = dict(vars(args))
-    try:
-        prepared = sampling.prepare("image_sample", args, ARCHITECTURE, [str(a) for a in argv])
-    finally:
-        dist_util.cleanup()
+    prepared = _prepare(args, argv)
     assert vars(args) == parsed  # the parsed namespace is left as it is
     settings = prepared.settings
     assert settings.steps == 3  # the command line over the preset's 32
@@ -56,9 +64,6 @@ def test_a_sampling_run_resolves_its_flags_once_in_the_documented_order(tmp_path
 
 def test_a_flag_given_on_the_command_line_wins_over_the_checkpoint(trained, tmp_path):
     argv = ["--model_path", trained["cfg"], "--num_channels", 16, "--log_dir", tmp_path, "--progress", False]
-    try:
-        settings = sampling.prepare("image_sample", _parse(argv), ARCHITECTURE, [str(a) for a in argv]).settings
-    finally:
-        dist_util.cleanup()
+    settings = _prepare(_parse(argv), argv).settings
     assert settings.num_channels == 16 and settings.image_size == 16  # given; from args.json (default 64)
     assert settings.class_dropout_prob == 0.25 and settings.clip_denoised is True  # from args.json; ADM clips D
