@@ -38,14 +38,22 @@ def test_vae_standin_has_sd_vae_ft_mse_shape():
     assert bench.LATENT_SIZE * 2 ** (len(vae.config.block_out_channels) - 1) == 512
 
 
+def _sampled(memory, mebibytes: int) -> None:
+    """Wait until the meter's thread has seen the memory rise by `mebibytes` (it samples on its own schedule, which
+    a busy machine delays)."""
+    deadline = time.monotonic() + 60
+    while memory.above_start_mb(memory._peak) < mebibytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_peak_memory_sees_allocations_freed_inside_each_interval():
     with bench.PeakMemory(torch.device("cpu")) as memory:
         block = torch.ones(16 * 2**20)  # 64 MiB, touched
-        time.sleep(0.05)
+        _sampled(memory, 60)
         del block
         first = memory.mark()
         block = torch.ones(32 * 2**20)  # 128 MiB
-        time.sleep(0.05)
+        _sampled(memory, 124)
         del block
     assert memory.peaks[0] == first and len(memory.peaks) == 2
     assert 60 <= memory.above_start_mb(memory.peaks[0]) < 120
