@@ -65,12 +65,12 @@ def _unfinished(folder: str) -> list[str]:
 def open_samples(path: str, image_size: int | None = None) -> Samples:
     """The images (and their seeds) of a sample argument: a run's output folder, an npz or an image folder."""
     if os.path.isdir(path):
-        found = run_sample_files(path)
+        found, unfinished = run_sample_files(path), _unfinished(path)
         if len(found) > 1:
             raise EvaluatorError(f"{path}: holds {len(found)} sampling outputs ({', '.join(found)}); pass the npz "
                                  "to evaluate")
-        if not found and _unfinished(path):
-            raise EvaluatorError(f"{path}: the sampling run is unfinished ({_unfinished(path)[0]} holds only some "
+        if not found and unfinished:
+            raise EvaluatorError(f"{path}: the sampling run is unfinished ({unfinished[0]} holds only some "
                                  "batches); rerun its sampling command to finish it")
         if found:
             print(f"using the sampling run's output {found[0]}")

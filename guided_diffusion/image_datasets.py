@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import Iterator
 
 import numpy as np
@@ -24,7 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import dist_util
 from .image_modes import to_rgb
-from .latent_datasets import BadDataFileError, archive_class_names, is_archive_dataset, open_archive_dataset
+from .latent_datasets import (
+    BadDataFileError,
+    archive_class_names,
+    first_readable,
+    is_archive_dataset,
+    open_archive_dataset,
+)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 
@@ -201,15 +206,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key):
         epoch, idx = key if isinstance(key, tuple) else (0, key)
-        for attempt in range(len(self.local_images)):
-            i = (idx + attempt) % len(self.local_images)
-            try:
-                return self._item(epoch, i)
-            except BadImageError as e:
-                if not self.skip_bad_images:
-                    raise
-                warnings.warn(f"skipping {e}")
-        raise BadImageError(f"no readable image among the {len(self.local_images)} files of this rank")
+        return first_readable(lambda i: self._item(epoch, i), idx, len(self.local_images), self.skip_bad_images,
+                              "image", BadImageError)
 
     def _item(self, epoch: int, idx: int):
         path = self.local_images[idx]

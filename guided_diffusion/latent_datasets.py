@@ -18,6 +18,7 @@ import os
 import warnings
 import zipfile
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,20 @@ PIXEL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif")
 
 class BadDataFileError(ValueError):
     """A training file that cannot be read or does not fit the dataset (shape, size); its message names it."""
+
+
+def first_readable(item: Callable[[int], Any], idx: int, count: int, skip_bad: bool, what: str,
+                   error: type[BadDataFileError] = BadDataFileError) -> Any:
+    """item(i) for the first of this rank's `count` files from idx on (cyclically) that reads: a bad file raises
+    its BadDataFileError, or with skip_bad is skipped with a warning naming it; none readable raises `error`."""
+    for attempt in range(count):
+        try:
+            return item((idx + attempt) % count)
+        except BadDataFileError as e:
+            if not skip_bad:
+                raise
+            warnings.warn(f"skipping {e}")
+    raise error(f"no readable {what} among the {count} files of this rank")
 
 
 def is_archive_dataset(path: str) -> bool:
@@ -193,15 +208,8 @@ class ArchiveDataset(Dataset):
 
     def __getitem__(self, key):
         epoch, idx = key if isinstance(key, tuple) else (0, key)
-        for attempt in range(len(self.local_files)):
-            i = (idx + attempt) % len(self.local_files)
-            try:
-                return self._item(epoch, i)
-            except BadDataFileError as e:
-                if not self.skip_bad_images:
-                    raise
-                warnings.warn(f"skipping {e}")
-        raise BadDataFileError(f"no readable file among the {len(self.local_files)} files of this rank")
+        return first_readable(lambda i: self._item(epoch, i), idx, len(self.local_files), self.skip_bad_images,
+                              "file")
 
     def _load(self, name: str) -> np.ndarray:
         where = self.reader.where(name)

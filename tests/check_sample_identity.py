@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -76,7 +77,6 @@ def fingerprints(work: str) -> dict:
     for name, (script, args, files) in cases(ckpt).items():
         log_dir = os.path.join(work, "runs", name)
         if os.path.exists(log_dir):
-            import shutil
             shutil.rmtree(log_dir)
         call_main(script, [*args, "--log_dir", log_dir])
         for file in files:
