@@ -34,6 +34,7 @@ from evaluations.inception import InceptionNetwork
 from evaluations.inception_file import INCEPTION_URL, InceptionGraph, default_cache_dir, load_graph
 from evaluations.metrics import (
     NEIGHBOURHOOD,
+    DistanceKernels,
     feature_statistics,
     frechet_distance,
     inception_score,
@@ -64,7 +65,17 @@ METRICS = ("is", "fid", "sfid", "pr", "fd_dinov2")  # --metrics names
 ADM_SUITE = ("is", "fid", "sfid", "pr")
 INCEPTION_METRICS = frozenset(ADM_SUITE)
 PR_PURPOSE = f"precision/recall (k={NEIGHBOURHOOD} nearest neighbours)"
-DISTANCE_KERNELS = {"float32": PairwiseDistances, "float16": Float16FirstDistances}
+DISTANCE_KERNELS = {"float32": PairwiseDistances, "float16": Float16FirstDistances}  # the TF backend's
+
+
+def distance_kernels(backend: str, precision: str) -> DistanceKernels:
+    """The k-NN distance kernels of a backend: TensorFlow's ops for ``tf``; for ``torch`` the same rules in PyTorch
+    (imported only then), so that backend runs without TensorFlow."""
+    if backend == "torch":
+        from evaluations.torch_distances import TorchFloat16FirstDistances, TorchPairwiseDistances
+
+        return {"float32": TorchPairwiseDistances, "float16": TorchFloat16FirstDistances}[precision]()
+    return DISTANCE_KERNELS[precision]()
 
 
 def open_images(path: str, image_size: int | None = None) -> Images:
@@ -85,7 +96,7 @@ def check_count(images: Images, minimum: int, purpose: str) -> None:
 def load_network(args: argparse.Namespace) -> tuple[InceptionGraph, InceptionNetwork]:
     """The Inception graph (given, cached or downloaded) imported into a TensorFlow session, or with
     ``--backend torch`` converted to a PyTorch module (imported only then)."""
-    graph = load_graph(args.inception_path, args.inception_url, args.cache_dir)
+    graph = load_graph(args.inception_path, args.inception_url, args.cache_dir, args.backend)
     if args.backend == "torch":
         from evaluations.inception_torch import TorchInceptionNetwork
 
@@ -190,7 +201,7 @@ class Evaluation:
                     f"{sample.path} against {args.ref_batch}: cannot compute {name.upper()} ({err})"
                 ) from None
         if "pr" in metrics:
-            kernels = DISTANCE_KERNELS[args.distance_precision]()
+            kernels = distance_kernels(args.backend, args.distance_precision)
             if self.ref_radii is None:
                 self.ref_radii = cached_reference_radii(ref_features, kernels, args.distance_precision)
             precision, recall = precision_recall(
@@ -368,8 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("tf", "torch"),
         default="tf",
         help="what runs the Inception graph: tf (default, TensorFlow, as the original) or torch (the same graph "
-        "converted to PyTorch, on CUDA when available; equal to tf within float32 rounding on the stand-in graph, "
-        "see evaluations/README.md)",
+        "converted to PyTorch, on CUDA when available, without TensorFlow; equal to tf within float32 rounding on "
+        "the stand-in graph, see evaluations/README.md)",
     )
     parser.add_argument(
         "--cache_dir",
@@ -388,7 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=list(DISTANCE_KERNELS),
         default="float16",
         help="k-NN distances for precision/recall. float16 (default): the original evaluator's float16-first "
-        "rule with its TensorFlow ops (each 10000x10000 batch in float16, in float32 if that overflows), which "
+        "rule (each 10000x10000 batch in float16, in float32 if that overflows; TensorFlow's ops, or with --backend "
+        "torch the same ops in PyTorch), which "
         "every published ADM-suite precision/recall used; float16 sums depend on the device, so bit-for-bit "
         "agreement needs the device kind of the run being reproduced (see evaluations/README.md). float32: the "
         "exact definition (equal to a float64 brute force), about 0.02 below the original's numbers; named in "

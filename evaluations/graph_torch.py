@@ -1,8 +1,9 @@
 """A frozen TensorFlow ``GraphDef`` run as a PyTorch module: the ops of the Inception graph with TensorFlow's semantics.
 
-The graph is interpreted, not rewritten by hand: ``plan_graph`` walks the ``GraphDef`` (the protobuf message)
-from the wanted outputs back to the input node and lists the steps; ``GraphModule`` holds the float constants
-(the weights, under their node names) and runs the steps with torch ops that reproduce TensorFlow's:
+The graph is interpreted, not rewritten by hand: ``plan_graph`` walks the ``GraphDef`` (as ``evaluations.graph_def``
+reads it, without TensorFlow) from the wanted outputs back to the input node and lists the steps; ``GraphModule``
+holds the float constants (the weights, under their node names) and runs the steps with torch ops that reproduce
+TensorFlow's:
 
 * ``Conv2D``, ``MaxPool``, ``AvgPool`` with TF's ``SAME`` padding (``pad = max((ceil(n/s)-1)*s + k - n, 0)``, the
   odd cell after), ``AvgPool`` averaging over the cells inside the image only, ``MaxPool`` ignoring padding;
@@ -12,7 +13,8 @@ from the wanted outputs back to the input node and lists the steps; ``GraphModul
 * ``ResizeBilinear`` as TensorFlow 1 computes it (``resize_bilinear``).
 
 Four-dimensional values are kept in NCHW inside (PyTorch's convolution layout) and given back in TF's NHWC.
-Constants are decoded from the graph with TensorFlow's ``make_ndarray``; running the module needs no TensorFlow.
+Constants come decoded from the graph reader (as TensorFlow's ``make_ndarray`` decodes them); neither planning,
+converting nor running the module needs TensorFlow.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluations.errors import EvaluatorError
+from evaluations.graph_def import GraphDef, NodeDef
 
 PASS_THROUGH = {"Identity", "CheckNumerics"}
 BINARY = {"Sub": torch.sub, "Mul": torch.mul, "Add": torch.add, "AddV2": torch.add}
@@ -66,27 +69,21 @@ def _tensor_name(ref: str) -> str:
     return name
 
 
-def _attr(node: Any, key: str) -> Any:
-    """A node attribute as a python value (bytes decoded), or None when absent."""
-    if key not in node.attr:
-        return None
-    value = node.attr[key]
-    kind = value.WhichOneof("value")
-    if kind == "list":
-        return list(value.list.i)
-    if kind == "s":
-        return value.s.decode()
-    return getattr(value, kind) if kind else None
+def _attr(node: NodeDef, key: str) -> Any:
+    """A node attribute as a python value (bytes decoded as text), or None when absent."""
+    value = node.attr.get(key)
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def const_array(node: Any) -> np.ndarray:
-    """The value of a ``Const`` node (TensorFlow's own decoding of the ``TensorProto``)."""
-    import tensorflow as tf
+def const_array(node: NodeDef, label: str = "graph") -> np.ndarray:
+    """The value of a ``Const`` node (its ``TensorProto``, decoded as TensorFlow's ``make_ndarray`` does)."""
+    value = node.attr.get("value")
+    if not isinstance(value, np.ndarray):
+        raise EvaluatorError(f"{label}: constant {node.name} has no tensor value")
+    return value
 
-    return tf.make_ndarray(node.attr["value"].tensor)
 
-
-def _check_attrs(label: str, node: Any) -> None:
+def _check_attrs(label: str, node: NodeDef) -> None:
     fmt = _attr(node, "data_format")
     if fmt not in (None, "NHWC"):
         raise EvaluatorError(f"{label}: node {node.name}: data_format {fmt} cannot be converted (only NHWC)")
@@ -99,7 +96,7 @@ def _check_attrs(label: str, node: Any) -> None:
         raise EvaluatorError(f"{label}: node {node.name}: only float32 MatMul can be converted")
 
 
-def plan_graph(graph_def: Any, outputs: list[str], input_name: str, label: str) -> GraphPlan:
+def plan_graph(graph_def: GraphDef, outputs: list[str], input_name: str, label: str) -> GraphPlan:
     """The steps computing ``outputs`` from the value of ``input_name`` (a node the caller feeds), in run order.
 
     Control inputs are ignored (they only order TensorFlow's ``CheckNumerics``); an op outside ``SUPPORTED`` is an
@@ -145,9 +142,12 @@ def plan_graph(graph_def: Any, outputs: list[str], input_name: str, label: str) 
             if i in structural:
                 if not is_const:
                     raise EvaluatorError(f"{label}: node {name}: input {ref} must be a constant to be converted")
-                step.attrs["const_input"] = const_array(source).reshape(-1).tolist()
+                step.attrs["const_input"] = const_array(source, label).reshape(-1).tolist()
             elif is_const:
-                shape = tuple(d.size for d in source.attr["value"].tensor.tensor_shape.dim)
+                value = const_array(source, label)
+                if value.dtype.kind not in "fiub":
+                    raise EvaluatorError(f"{label}: node {name}: constant {ref} of {value.dtype} is not a number")
+                shape = tuple(value.shape)
                 if node.op == "Conv2D" and i == 1:
                     conv_weights.add(ref)
                     shape = (shape[3], shape[2], shape[0], shape[1])
@@ -161,7 +161,7 @@ def plan_graph(graph_def: Any, outputs: list[str], input_name: str, label: str) 
     return GraphPlan(input_name, list(outputs), steps, constants, conv_weights)
 
 
-def convert_constants(graph_def: Any, plan: GraphPlan) -> dict[str, torch.Tensor]:
+def convert_constants(graph_def: GraphDef, plan: GraphPlan) -> dict[str, torch.Tensor]:
     """The float constants a plan uses, as float32 torch tensors (convolution weights HWIO -> OIHW)."""
     nodes = {node.name: node for node in graph_def.node if node.name in plan.constants}
     state = {}

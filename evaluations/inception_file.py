@@ -1,4 +1,9 @@
-"""Finds, downloads (atomically, with a progress bar) and verifies the frozen Inception ``GraphDef``."""
+"""Finds, downloads (atomically, with a progress bar) and verifies the frozen Inception ``GraphDef``.
+
+The file is parsed by the backend's reader: TensorFlow's protobuf classes for ``--backend tf`` (whose graph TensorFlow
+imports), the plain-Python reader of ``evaluations.graph_def`` for ``--backend torch`` (no TensorFlow needed); the
+graph the checks below accept is the very object the backend then runs.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, NamedTuple
 from tqdm.auto import tqdm
 
 from evaluations.errors import EvaluatorError
+from evaluations.graph_def import GraphDef, read_graph_def
 
 INCEPTION_URL = (
     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/classify_image_graph_def.pb"
@@ -50,8 +56,15 @@ ALLOWED_OPS = frozenset(INCEPTION_OP_TYPES) | frozenset({
 })
 
 
+BACKENDS = ("tf", "torch")
+
+
 class InceptionGraph(NamedTuple):
-    """A parsed Inception ``GraphDef``, the file it came from, and the SHA-256 of its bytes (its identity)."""
+    """A parsed Inception ``GraphDef``, the file it came from, and the SHA-256 of its bytes (its identity).
+
+    ``graph_def`` is TensorFlow's ``GraphDef`` message when parsed for the tf backend, an
+    ``evaluations.graph_def.GraphDef`` when parsed for the torch backend.
+    """
 
     graph_def: Any
     source: str
@@ -76,8 +89,12 @@ def check_ops(label: str, graph_def: Any) -> None:
     Runs before the graph is imported, so that nothing of a refused file is ever executed; ``label``
     names the file in the error (e.g. ``--inception_path FILE``).
     """
-    if graph_def.library.function:
-        name = graph_def.library.function[0].signature.name
+    if isinstance(graph_def, GraphDef):
+        functions = graph_def.functions
+    else:
+        functions = [function.signature.name for function in graph_def.library.function]
+    if functions:
+        name = functions[0]
         raise EvaluatorError(
             f"{label}: the graph defines function {name}, which the Inception graph does not use; refusing to run it"
         )
@@ -89,18 +106,29 @@ def check_ops(label: str, graph_def: Any) -> None:
             )
 
 
-def parse_graph_def(path: Path, data: bytes, label: str | None = None) -> Any:
-    """Parse ``data`` as a ``GraphDef`` that has the Inception nodes and only its op types, or raise an
-    error naming ``label`` (default: ``path``)."""
+def _parse_with_tensorflow(data: bytes, label: str) -> Any:
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 
-    label = label or str(path)
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)
     except DecodeError as err:
         raise EvaluatorError(f"{label}: corrupt or truncated Inception file (not a GraphDef: {err})") from None
+    return graph_def
+
+
+def parse_graph_def(path: Path, data: bytes, label: str | None = None, backend: str = "tf") -> Any:
+    """Parse ``data`` as a ``GraphDef`` that has the Inception nodes and only its op types, or raise an
+    error naming ``label`` (default: ``path``).
+
+    ``backend`` picks the reader: ``"tf"`` gives TensorFlow's message, ``"torch"`` an
+    ``evaluations.graph_def.GraphDef`` read without TensorFlow.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    label = label or str(path)
+    graph_def = read_graph_def(data, label) if backend == "torch" else _parse_with_tensorflow(data, label)
     names = {node.name for node in graph_def.node}
     missing = [name for name in REQUIRED_NODES if name not in names]
     if missing:
@@ -111,17 +139,17 @@ def parse_graph_def(path: Path, data: bytes, label: str | None = None) -> Any:
     return graph_def
 
 
-def _verify(path: Path, data: bytes, url: str) -> Any:
+def _verify(path: Path, data: bytes, url: str, backend: str) -> Any:
     if url in KNOWN_DIGESTS:
         size, md5 = KNOWN_DIGESTS[url]
         if len(data) != size:
             raise EvaluatorError(f"{path}: corrupt or truncated Inception file ({len(data)} bytes, expected {size})")
         if hashlib.md5(data).hexdigest() != md5:
             raise EvaluatorError(f"{path}: corrupt Inception file (MD5 differs from {md5})")
-    return parse_graph_def(path, data)
+    return parse_graph_def(path, data, backend=backend)
 
 
-def _download(url: str, target: Path) -> InceptionGraph:
+def _download(url: str, target: Path, backend: str) -> InceptionGraph:
     temp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +161,7 @@ def _download(url: str, target: Path) -> InceptionGraph:
                     bar.update(len(chunk))
         data = temp.read_bytes()
         try:
-            graph_def = _verify(target, data, url)
+            graph_def = _verify(target, data, url, backend)
         except EvaluatorError as err:
             raise EvaluatorError(f"the download from {url} is unusable: {err}") from None
         os.replace(temp, target)
@@ -146,21 +174,23 @@ def _download(url: str, target: Path) -> InceptionGraph:
         temp.unlink(missing_ok=True)
 
 
-def load_graph(path: str | None = None, url: str = INCEPTION_URL, cache_dir: str | None = None) -> InceptionGraph:
-    """The Inception graph from ``path``, else from the cache, downloading (again) when missing or corrupt."""
+def load_graph(path: str | None = None, url: str = INCEPTION_URL, cache_dir: str | None = None,
+               backend: str = "tf") -> InceptionGraph:
+    """The Inception graph from ``path``, else from the cache, downloading (again) when missing or corrupt;
+    parsed for ``backend`` (``"tf"`` or ``"torch"``, see ``parse_graph_def``)."""
     if path is not None:
         try:
             data = Path(path).read_bytes()
         except OSError as err:
             raise EvaluatorError(f"{path}: cannot read Inception file ({err.strerror})") from None
-        return _graph(Path(path), data, parse_graph_def(Path(path), data, f"--inception_path {path}"))
+        return _graph(Path(path), data, parse_graph_def(Path(path), data, f"--inception_path {path}", backend))
     target = (Path(cache_dir) if cache_dir else default_cache_dir()) / FILE_NAME
     if target.exists():
         data = target.read_bytes()
         try:
-            return _graph(target, data, _verify(target, data, url))
+            return _graph(target, data, _verify(target, data, url, backend))
         except EvaluatorError as err:
             print(f"warning: {err}; downloading it again", file=sys.stderr)
             target.unlink()
     print(f"downloading the Inception graph from {url} to {target}...")
-    return _download(url, target)
+    return _download(url, target, backend)

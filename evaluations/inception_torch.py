@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from evaluations.errors import EvaluatorError
-from evaluations.graph_torch import GraphModule, check_constants, convert_constants, plan_graph
+from evaluations.graph_def import GraphDef
+from evaluations.graph_torch import GraphModule, check_constants, const_array, convert_constants, plan_graph
 from evaluations.inception import (
     INPUT_TENSOR,
     POOL_TENSOR,
@@ -38,7 +39,7 @@ def converted_path(cache_dir: Path, sha256: str) -> Path:
     return Path(cache_dir) / f"{CONVERTED_PREFIX}{sha256}.pt"
 
 
-def softmax_weight_name(graph_def: Any, label: str) -> str:
+def softmax_weight_name(graph_def: GraphDef, label: str) -> str:
     """The constant behind the weight input of ``softmax/logits/MatMul`` (through ``Identity`` nodes)."""
     nodes = {node.name: node for node in graph_def.node}
     ref = nodes[SOFTMAX_MATMUL].input[1].split(":")[0]
@@ -81,12 +82,15 @@ def _store(path: Path, state: dict[str, torch.Tensor]) -> None:
 def convert_inception(graph: InceptionGraph, cache_dir: Path | None) -> tuple[GraphModule, str]:
     """The graph from its input to pool_3 and mixed_6/conv as a module (with the softmax weight as a constant),
     and that weight's node name; constants from the cache when it holds this graph's, else converted (and cached)."""
+    if not isinstance(graph.graph_def, GraphDef):
+        raise TypeError("the torch backend needs the graph as evaluations.graph_def reads it: "
+                        "inception_file.load_graph(..., backend='torch')")
     input_node = INPUT_TENSOR.split(":")[0]
     outputs = [POOL_TENSOR.split(":")[0], SPATIAL_TENSOR.split(":")[0]]
     plan = plan_graph(graph.graph_def, outputs, input_node, graph.source)
     weight = softmax_weight_name(graph.graph_def, graph.source)
     node = next(node for node in graph.graph_def.node if node.name == weight)
-    plan.constants.setdefault(weight, tuple(d.size for d in node.attr["value"].tensor.tensor_shape.dim))
+    plan.constants.setdefault(weight, tuple(const_array(node, graph.source).shape))
     path = None if cache_dir is None else converted_path(cache_dir, graph.sha256)
     state = None if path is None else _read_cached(path, plan)
     if state is not None:

@@ -7,6 +7,7 @@ within 1e-3 of its distance from 1 (random weights give scores near 1), precisio
 original's float16 distance rule.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ if str(ROOT) not in sys.path:
 
 import inception_standin as old_standin  # noqa: E402
 from evaluations import evaluator, graph_torch, inception_file, inception_standin, inception_torch  # noqa: E402
+from evaluations import graph_def as graph_def_module  # noqa: E402
 from evaluations.distances import Float16FirstDistances  # noqa: E402
 from evaluations.errors import EvaluatorError  # noqa: E402
 from evaluations.inception import InceptionNetwork  # noqa: E402
@@ -39,13 +41,15 @@ def standin_pb(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def graph(standin_pb):
-    return inception_file.load_graph(str(standin_pb))
+    """The stand-in graph as the torch backend reads it (without TensorFlow)."""
+    return inception_file.load_graph(str(standin_pb), backend="torch")
 
 
 @pytest.fixture(scope="module")
-def networks(graph):
+def networks(standin_pb, graph):
     """(TensorFlow, PyTorch) networks of the same stand-in graph (the torch one converted without a cache)."""
-    return InceptionNetwork(graph.graph_def, graph.source), inception_torch.TorchInceptionNetwork(graph, None)
+    tf_graph = inception_file.load_graph(str(standin_pb))
+    return InceptionNetwork(tf_graph.graph_def, tf_graph.source), inception_torch.TorchInceptionNetwork(graph, None)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +104,12 @@ def test_metrics_match_tensorflow(features):
 
 def test_old_stand_in_graph_converts_too(tmp_path):
     """The tests' first stand-in (Placeholder input, AddV2, VALID pools) goes through the same converter."""
-    graph = inception_file.load_graph(str(old_standin.write_graph(tmp_path / "old.pb")))
+    path = str(old_standin.write_graph(tmp_path / "old.pb"))
+    graph = inception_file.load_graph(path)
     x = old_standin.smooth_images(6, size=32, seed=4)
     tf_out = InceptionNetwork(graph.graph_def, graph.source).run(x, softmax=True)
-    torch_out = inception_torch.TorchInceptionNetwork(graph, None).run(x, softmax=True)
+    torch_out = inception_torch.TorchInceptionNetwork(inception_file.load_graph(path, backend="torch"),
+                                                      None).run(x, softmax=True)
     for a, b in zip(torch_out, tf_out):
         assert a.shape == b.shape and relative_error(a, b) < 1e-4
 
@@ -142,7 +148,7 @@ def test_same_padding_of_convolutions_and_pools():
         tf.nn.avg_pool2d(conv, [1, 2, 3, 1], [1, 2, 2, 1], "SAME", name="avg")
         tf.nn.max_pool2d(conv - 5.0, [1, 3, 2, 1], [1, 2, 1, 1], "SAME", name="max")
         tf.nn.avg_pool2d(conv, [1, 3, 3, 1], [1, 1, 1, 1], "SAME", name="avg3")
-    graph_def = tf_graph.as_graph_def()
+    graph_def = graph_def_module.read_graph_def(tf_graph.as_graph_def().SerializeToString(), "test graph")
     outputs = ["avg", "max", "avg3"]
     plan = graph_torch.plan_graph(graph_def, outputs, "ExpandDims", "test graph")
     module = graph_torch.GraphModule(plan, graph_torch.convert_constants(graph_def, plan))
@@ -181,19 +187,35 @@ def test_converted_graph_is_cached_by_checksum(capsys, graph, tmp_path):
     assert f"converted Inception graph {path}: it does not fit the graph" in capsys.readouterr().err
 
 
+NO_TENSORFLOW = """
+import sys
+sys.modules["tensorflow"] = None  # import tensorflow fails, as where it is not installed
+sys.path.insert(0, sys.argv[1])
+from evaluations import evaluator
+code = evaluator.main(sys.argv[2:])
+assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras") and sys.modules[m] is not None]
+sys.exit(code)
+"""
+
+
 @pytest.mark.slow  # 45 s on 2 cores: both backends through the command line
-def test_cli_torch_backend_gives_the_tf_numbers(capsys, tmp_path, standin_pb, images, cache_dir):
+def test_cli_torch_backend_gives_the_tf_numbers_without_tensorflow(capsys, tmp_path, standin_pb, images, cache_dir):
+    """The tf backend in this process; the torch backend in one where TensorFlow cannot be imported (graph reading,
+    conversion, features and the float16 precision/recall distances all in PyTorch)."""
     ref, sample = tmp_path / "ref.npz", tmp_path / "sample.npz"
     np.savez(ref, images[0])
     np.savez(sample, images[1])
-    printed = {}
-    for backend in ("tf", "torch"):
-        code = evaluator.main([str(ref), str(sample), "--inception_path", str(standin_pb), "--batch_size", "16",
-                               "--backend", backend])
-        out, _ = capsys.readouterr()
-        assert code == 0
-        printed[backend] = {line.split(": ")[0]: float(line.split(": ")[1]) for line in out.splitlines()
-                            if line.split(": ")[0] in dict(evaluator.RESULTS).values()}
+    argv = [str(ref), str(sample), "--inception_path", str(standin_pb), "--batch_size", "16", "--backend"]
+    code = evaluator.main([*argv, "tf"])
+    outputs = {"tf": capsys.readouterr()[0]}
+    assert code == 0
+    child = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(ROOT), *argv, "torch"], capture_output=True,
+                           text=True, timeout=600, env={**os.environ, "GUIDED_DIFFUSION_CACHE": str(cache_dir)})
+    assert child.returncode == 0, child.stderr[-3000:]
+    outputs["torch"] = child.stdout
+    printed = {backend: {line.split(": ")[0]: float(line.split(": ")[1]) for line in out.splitlines()
+                         if line.split(": ")[0] in dict(evaluator.RESULTS).values()}
+               for backend, out in outputs.items()}
     assert list(printed["torch"]) == ["Inception Score", "FID", "sFID", "Precision", "Recall"]
     for name, value in printed["tf"].items():
         assert abs(printed["torch"][name] - value) <= 1e-3 * abs(value), name
@@ -229,6 +251,7 @@ def test_allowed_op_the_converter_lacks_is_named():
     relu = next(node for node in graph_def.node if node.name == "mixed_6/conv")
     cast = graph_def.node.add(name="mixed_6/cast", op="Cast", input=list(relu.input))
     relu.input[:] = [cast.name]
+    graph_def = graph_def_module.read_graph_def(graph_def.SerializeToString(), "g.pb")
     with pytest.raises(EvaluatorError, match=r"^g\.pb: the torch backend cannot convert op Cast \(node mixed_6/cast\); "
                                              r"use --backend tf$"):
         graph_torch.plan_graph(graph_def, ["pool_3", "mixed_6/conv"], "ExpandDims", "g.pb")
