@@ -38,7 +38,7 @@ from guided_diffusion.rng import SampleRNG  # noqa: E402
 from guided_diffusion.sample_writer import save_grid, to_uint8  # noqa: E402
 from guided_diffusion.sampler_dispatch import SamplerOptions, run_sigma_sampler  # noqa: E402
 from guided_diffusion.loader import load_model  # noqa: E402
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults  # noqa: E402
+from guided_diffusion.script_util import create_model_and_diffusion  # noqa: E402
 
 ARMS = ("adm", "adm-edm", "edm2")
 SWEEP_ARM = "edm2"  # the run whose EMA length is swept over every --sigma_rels; the others get ADM_SIGMA_RELS
@@ -49,7 +49,7 @@ METRICS = ("recognized", "fd", "precision", "recall")
 
 def load_denoiser(path: str):
     """(D(x; sigma), whether it predicts in sigma space) of a checkpoint trained here, from its args.json."""
-    architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
+    architecture = edm_util.architecture_defaults()
     flags = argparse.Namespace(**{**architecture, **{k: v for k, v in checkpoint_args(path).items()
                                                      if k in architecture}, "timestep_respacing": ""})
     loaded = load_model(create_model_and_diffusion, flags, architecture, path, "model_path")

@@ -14,6 +14,7 @@ from . import dist_util, logger
 from .flag_parsers import RaisingParser
 from .fileio import read_json
 from .script_util import add_dict_to_argparser
+from .settings import resolve
 
 # Flags that describe a trained network (read back from args.json); the rest are choices made when sampling.
 _NOT_ARCHITECTURE = {"timestep_respacing", "use_fp16", "classifier_use_fp16", "use_checkpoint", "dropout"}
@@ -56,22 +57,15 @@ def checkpoint_layer(path: str, keys, given: dict, explicit: set[str], flag: str
     return layer, saved
 
 
-def apply_checkpoint_args(args, path: str, keys, explicit: set[str], flag: str) -> dict | None:
-    """Fill the architecture flags in `keys` of a namespace being built (checkpoint_layer) from the args.json
-    beside `path`. Returns the file's flags (or None)."""
-    layer, saved = checkpoint_layer(path, keys, vars(args), explicit, flag)
-    vars(args).update(layer)
-    return saved
-
-
 def namespace_from_flags(defaults: dict, flags: str, checkpoint: str, flag: str) -> argparse.Namespace:
-    """Flags for one network of a pipeline: defaults, then its args.json, then the flag string (which wins)."""
+    """Flags for one network of a pipeline: defaults, then its args.json, then the flag string (which wins); a new
+    namespace (settings.resolve of the parsed flag string and the checkpoint's layer)."""
     parser = RaisingParser(prog=f"the flags {flags!r} for {checkpoint}", add_help=False)
     add_dict_to_argparser(parser, defaults)
     tokens = shlex.split(flags)
-    args = parser.parse_args(tokens)
-    apply_checkpoint_args(args, checkpoint, defaults, explicit_flags(tokens), flag)
-    return args
+    given, explicit = vars(parser.parse_args(tokens)), explicit_flags(tokens)
+    layer, _ = checkpoint_layer(checkpoint, defaults, given, explicit, flag)
+    return argparse.Namespace(**resolve(given, explicit, layer))
 
 
 def require_file(path: str, flag: str) -> None:

@@ -1,4 +1,5 @@
-"""What every script shares: error reporting, seeding, and the training flags of the original scripts."""
+"""What every script shares: error reporting, seeding, the training flags of the original scripts, and the opening
+of the training scripts (their flags resolved once into frozen settings, then the log folder with args.json)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import os
 import random
 import sys
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from . import dist_util, logger
+from .checkpoint_flags import explicit_flags
 from .dist_util import clear_interrupted_writes
 from .fileio import DiskFullError
 from .flag_parsers import OneLineParser, RaisingParser, make_parser  # noqa: F401 (the scripts import them from here)
 from .resume_flags import check_resume
+from .settings import freeze, resolve
 from .train_state import write_args_json
+
+# A layer of flags: (the settings so far, the flags given on the command line) -> the flags it implies.
+Layer = Callable[[Any, set], dict]
 
 # Errors a user can cause: reported in one line with exit code 2 instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, DiskFullError)
@@ -93,14 +99,38 @@ def require_data_dir(data_dir: str, flag: str = "data_dir") -> None:
         raise ValueError(f"--{flag} is required: a folder of training images")
 
 
-def start(args, script: str) -> str:
-    """Set up the process group, the log folder (printed first) with args.json, and the seeds; returns the
-    log folder. A run that would overwrite another run's checkpoints, or resume them with flags that change what
-    they are, stops first (resume_flags.check_resume), leaving the folder and its args.json as they were."""
+def training_settings(args, argv: list[str] | None, preset: Layer, *implied: Layer,
+                      spell_out: Callable[[dict], dict] | None = None) -> Any:
+    """A training run's flags resolved once into frozen settings (settings.py), which the run reads from then on;
+    `args`, the parsed namespace, is left as it is. argv: the command line (default sys.argv).
+
+    Each layer checks the settings so far (one-line ValueErrors) and returns the flags it implies. `preset` (the
+    objective and EDM2's preset: edm_util.edm_flag_layer) runs first, so its errors come first, then each of
+    `implied` (what the data implies: the class count and names, the latents' VAE) in turn. They merge in one
+    order, each later source winning: the parser's defaults, the data-implied layers, the preset, the command line.
+    A flag given as "" asks for the value it stands for (--objective "": the architecture's own; --vae "": the
+    dataset's), which the layers fill in; spell_out(command line) gives values written in full before any layer
+    runs (a local --vae folder as its absolute path)."""
+    given = dict(vars(args))
+    if spell_out is not None:
+        given.update(spell_out(given))
+    explicit = {flag for flag in explicit_flags(argv) if given.get(flag) != ""}
+    preset_layer = preset(freeze(given), explicit)
+    layers: list[dict] = []
+    for layer in implied:
+        layers.append(layer(freeze(resolve(given, explicit, *layers, preset_layer)), explicit))
+    return freeze(resolve(given, explicit, *layers, preset_layer))
+
+
+def start(settings, script: str) -> str:
+    """Set up the process group, the log folder (printed first) with args.json (every flag of the resolved
+    settings), and the seeds; returns the log folder. A run that would overwrite another run's checkpoints, or
+    resume them with flags that change what they are, stops first (resume_flags.check_resume), leaving the folder
+    and its args.json as they were."""
     dist_util.setup_dist()
-    log_dir = logger.configure(dir=args.log_dir or None, script=script)
-    check_resume(vars(args), log_dir)
+    log_dir = logger.configure(dir=settings.log_dir or None, script=script)
+    check_resume(vars(settings), log_dir)
     clear_interrupted_writes(log_dir)
-    write_args_json(vars(args), log_dir)
-    seed_all(args.seed)
+    write_args_json(vars(settings), log_dir)
+    seed_all(settings.seed)
     return log_dir

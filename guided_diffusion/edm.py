@@ -199,6 +199,18 @@ class DhariwalUNet(torch.nn.Module):
         return self.out_conv(F.silu(self.out_norm(x)))
 
 
+def input_scale(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """c_in(sigma) = 1 / sqrt(sigma^2 + sigma_data^2) (EDM Table 1): scales a noisy input to unit variance. The one
+    place it is computed, for the networks' preconditioning and for classifiers trained in sigma space."""
+    return 1 / (sigma_data**2 + sigma**2).sqrt()
+
+
+def noise_label(sigma: torch.Tensor) -> torch.Tensor:
+    """c_noise(sigma) = ln(sigma) / 4 (EDM Table 1): the noise level as a network or a classifier in sigma space
+    is told it."""
+    return sigma.log() / 4
+
+
 def preconditioning(x: torch.Tensor, sigma, class_labels: torch.Tensor | None, label_dim: int,
                     sigma_data: float) -> tuple:
     """What EDM's and EDM2's Precond share (EDM Table 1): x and sigma [N, 1, 1, 1] in float32, labels as float
@@ -213,8 +225,7 @@ def preconditioning(x: torch.Tensor, sigma, class_labels: torch.Tensor | None, l
         class_labels = class_labels.float().reshape(-1, label_dim)
     c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
     c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
-    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
-    return x, class_labels, c_skip, c_out, c_in, sigma.flatten().log() / 4
+    return x, class_labels, c_skip, c_out, input_scale(sigma, sigma_data), noise_label(sigma.flatten())
 
 
 class EDMPrecond(torch.nn.Module):

@@ -4,7 +4,6 @@ flags are saved in args.json, so the sampling scripts rebuild the same network).
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Callable
 
@@ -14,7 +13,8 @@ from . import edm2
 from .edm import preconditioning
 from .latent_training import network_channels
 from .objectives import EDMConditioning, EDMLoss
-from .script_util import parse_attention_resolutions
+from .script_util import model_and_diffusion_defaults, parse_attention_resolutions, sr_model_and_diffusion_defaults
+from .settings import with_flags
 
 # EDM2's training presets (train_edm2.py): width and dropout per size.
 EDM2_SIZES = {"xs": (128, 0.0), "s": (192, 0.0), "m": (256, 0.1), "l": (320, 0.1), "xl": (384, 0.1)}
@@ -55,33 +55,58 @@ def edm_defaults() -> dict:
 EDM_FLAGS = tuple(edm_defaults())
 
 
-def resolve_edm_flags(args: argparse.Namespace, explicit: set[str] = frozenset(),
-                      allowed: tuple[str, ...] = OBJECTIVES) -> None:
-    """Check the sigma-space flags and fill in the objective and the preset's values (flags given explicitly win);
-    done before args.json is written, so it records the network exactly. allowed: the script's objectives."""
-    arch = getattr(args, "arch", "adm")
+def architecture_defaults() -> dict:
+    """The flags (with their defaults) that describe a base network, as args.json records it: ADM's U-Net and
+    diffusion flags and the sigma-space ones (the objective, EDM2's network). The scripts that build or read back a
+    base network take these."""
+    return {**model_and_diffusion_defaults(), **edm_defaults()}
+
+
+def upsampler_architecture_defaults() -> dict:
+    """The flags (with their defaults) that describe an upsampler, as args.json records it: ADM's upsampler and
+    diffusion flags and the objective's (an upsampler trains with --objective adm or edm, never as EDM2's network)."""
+    return {**sr_model_and_diffusion_defaults(), **objective_defaults()}
+
+
+def edm_flag_layer(flags, explicit: set[str] = frozenset(), allowed: tuple[str, ...] = OBJECTIVES) -> dict:
+    """The flags the sigma-space settings imply, as a layer for settings.resolve (`flags` is not changed): the
+    objective when --objective is "" (the architecture's own: edm2 for --arch edm2, else adm) and the values of
+    --edm2_preset for the flags not in `explicit` (those given on the command line win). Checks the flags first
+    (one-line ValueErrors); the training scripts resolve this before args.json is written, so it records the network
+    exactly. allowed: the script's objectives."""
+    arch = getattr(flags, "arch", "adm")
     if arch not in ARCHS:
         raise ValueError(f"--arch {arch!r}: choose one of {', '.join(ARCHS)}")
-    args.objective = args.objective or ("edm2" if arch == "edm2" else "adm")
-    if args.objective not in allowed:
-        raise ValueError(f"--objective {args.objective!r}: choose one of {', '.join(allowed)}")
-    if arch == "adm" and args.objective == "edm2":
+    layer = {} if flags.objective else {"objective": "edm2" if arch == "edm2" else "adm"}
+    objective = layer.get("objective", flags.objective)
+    if objective not in allowed:
+        raise ValueError(f"--objective {objective!r}: choose one of {', '.join(allowed)}")
+    if arch == "adm" and objective == "edm2":
         raise ValueError("--objective edm2 needs the learned uncertainty of an EDM2 network: add --arch edm2, or "
                          "use --objective edm")
-    if arch == "edm2" and args.objective == "adm":
+    if arch == "edm2" and objective == "adm":
         raise ValueError("--arch edm2 trains in sigma space: use --objective edm2 (default) or edm")
-    if args.objective != "adm" and getattr(args, "learn_sigma", False):
-        raise ValueError(f"--objective {args.objective} predicts the clean image; --learn_sigma True does not apply")
+    if objective != "adm" and getattr(flags, "learn_sigma", False):
+        raise ValueError(f"--objective {objective} predicts the clean image; --learn_sigma True does not apply")
     if arch == "edm2":
-        if args.edm2_preset:
-            if args.edm2_preset not in EDM2_SIZES and args.edm2_preset not in EDM2_FULL_PRESETS:
-                raise ValueError(f"--edm2_preset {args.edm2_preset!r}: choose one of {', '.join(EDM2_SIZES)} "
+        preset_name = flags.edm2_preset
+        if preset_name:
+            if preset_name not in EDM2_SIZES and preset_name not in EDM2_FULL_PRESETS:
+                raise ValueError(f"--edm2_preset {preset_name!r}: choose one of {', '.join(EDM2_SIZES)} "
                                  f"(width and dropout), or {', '.join(EDM2_FULL_PRESETS)} (EDM2's full presets)")
-            channels, dropout = EDM2_SIZES.get(args.edm2_preset, (None, None))
-            preset = EDM2_FULL_PRESETS.get(args.edm2_preset, dict(model_channels=channels, dropout=dropout))
-            for flag, value in preset.items():  # flags given explicitly win
-                if flag not in explicit and hasattr(args, flag):
-                    setattr(args, flag, value)
+            channels, dropout = EDM2_SIZES.get(preset_name, (None, None))
+            preset = EDM2_FULL_PRESETS.get(preset_name, dict(model_channels=channels, dropout=dropout))
+            # flags given on the command line win
+            layer.update({k: v for k, v in preset.items() if k not in explicit and hasattr(flags, k)})
+    checked = with_flags(flags, **layer)  # the checks below see the values the run will use
+    _check_sigma_space_flags(checked, arch)
+    return layer
+
+
+def _check_sigma_space_flags(args, arch: str) -> None:
+    """One-line errors for EDM2 networks in float16 or of impossible sizes, bad loss parameters, and separate
+    conditioning without sigma space."""
+    if arch == "edm2":
         if args.use_fp16:
             raise ValueError("--use_fp16 with --arch edm2: EDM2 networks keep float32 weights (their forced weight "
                              "normalization); use --use_bf16")

@@ -99,20 +99,20 @@ def class_labels(paths: list[str], data_dir: str, num_classes: int | None = None
     return [index[p] for p in prefixes], classes
 
 
-def resolve_class_flags(args, explicit: set[str], class_cond: bool) -> None:
-    """For a class-conditional run on --data_dir: --num_classes defaults to the data's class count (one given
-    explicitly must hold them all), and args.class_names records the label order (written to args.json). Done
-    before the network is built and args.json written, so sampling rebuilds the same label set."""
-    if not class_cond:
-        return
-    if is_archive_dataset(args.data_dir):
-        names = archive_class_names(args.data_dir, args.num_classes if "num_classes" in explicit else None)
+def class_flag_layer(flags, explicit: set[str], class_cond: bool | None = None) -> dict:
+    """The flags the data of a class-conditional run (--data_dir) implies, as a layer for settings.resolve (`flags`
+    is not changed): --num_classes, the data's class count unless given in `explicit` (then it must hold them all),
+    and class_names, the label order (written to args.json). Resolved before the network is built and args.json
+    written, so sampling rebuilds the same label set. class_cond: whether the run is class-conditional (default
+    flags.class_cond); an unconditional run implies nothing."""
+    if not (flags.class_cond if class_cond is None else class_cond):
+        return {}
+    given = flags.num_classes if "num_classes" in explicit else None
+    if is_archive_dataset(flags.data_dir):
+        names = archive_class_names(flags.data_dir, given)
     else:
-        names = class_labels(list_image_files_recursively(args.data_dir), args.data_dir,
-                             args.num_classes if "num_classes" in explicit else None)[1]
-    if "num_classes" not in explicit:
-        args.num_classes = len(names)
-    args.class_names = names
+        names = class_labels(list_image_files_recursively(flags.data_dir), flags.data_dir, given)[1]
+    return {"class_names": names} if given is not None else {"num_classes": len(names), "class_names": names}
 
 
 def _open_rgb(path: str) -> Image.Image:
@@ -298,7 +298,7 @@ def load_data(*, data_dir: str, batch_size: int, image_size: int, class_cond: bo
 
     deterministic keeps file order (no shuffling); start_batch resumes the stream after that many batches;
     random_resize, min_crop_frac and with_control as ImageDataset; class_names: the labels' names in order (as
-    resolve_class_flags saved them), else sorted from the folder.
+    class_flag_layer recorded them), else sorted from the folder.
     """
 
     rank, world = dist_util.get_rank(), dist_util.get_world_size()

@@ -164,7 +164,7 @@ def _labels(meta: dict, files: list[str], where: str) -> tuple[list[int] | None,
 
 
 def archive_class_names(path: str, num_classes: int | None = None) -> list[str]:
-    """The class names of a labelled dataset in label order (for resolve_class_flags): its dataset.json's
+    """The class names of a labelled dataset in label order (for image_datasets.class_flag_layer): its dataset.json's
     "class_names", else "0".."K-1"; a dataset without labels, or more classes than num_classes, is an error."""
     index = read_archive_index(path)
     _require_labels(index, num_classes)

@@ -11,7 +11,6 @@ the encoder (`encoder_from_args`) and decode.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -30,35 +29,48 @@ def latent_defaults() -> dict:
     return dict(encoder="", vae="")
 
 
-def resolve_latent_flags(args: argparse.Namespace, explicit: set[str] = frozenset()) -> None:
-    """Check --encoder against the data and the network, fill in --vae, and set args.encoder_kwargs (the
-    encoder's class and arguments, written to args.json); done before args.json is written. A mismatch (latents
-    without --encoder, images with it, an ADM network) is a one-line ValueError."""
-    encoder = getattr(args, "encoder", "")
+def local_vae_path(vae: str) -> str:
+    """A --vae that names a local folder, as its absolute path (so args.json finds it from any working directory);
+    a hub name as it is."""
+    return os.path.abspath(os.path.expanduser(vae)) if vae and os.path.isdir(os.path.expanduser(vae)) else vae
+
+
+def spelled_out_vae(given: dict) -> dict:
+    """The command line's --vae spelled out ({} when it needs no change): a local folder by its absolute path."""
+    vae = given.get("vae", "")
+    full = local_vae_path(vae)
+    return {"vae": full} if full != vae else {}
+
+
+def latent_flag_layer(flags, explicit: set[str] = frozenset()) -> dict:
+    """The flags latent data implies, as a layer for settings.resolve (`flags` is not changed): --vae when it is ""
+    (the VAE the dataset names, as encode_latents.py records it, else EDM2's) and encoder_kwargs, the encoder's
+    class and arguments for args.json; nothing for pixels. Checks --encoder against the data and the network first:
+    a mismatch (latents without --encoder, images with it, an ADM network) is a one-line ValueError. Resolved before
+    args.json is written."""
+    encoder = getattr(flags, "encoder", "")
     if encoder not in ENCODERS:
         raise ValueError(f"--encoder {encoder!r}: choose stability_vae (latents), or leave it out (pixels)")
-    index = read_archive_index(args.data_dir) if is_archive_dataset(args.data_dir) else None
+    index = read_archive_index(flags.data_dir) if is_archive_dataset(flags.data_dir) else None
     kind = index.kind if index is not None else "pixel"
     if encoder and kind != "latent":
-        raise ValueError(f"--encoder {encoder} trains on latents, but {args.data_dir} holds images: encode them "
+        raise ValueError(f"--encoder {encoder} trains on latents, but {flags.data_dir} holds images: encode them "
                          "first (python datasets/encode_latents.py SOURCE DEST), or leave --encoder out")
     if not encoder and kind == "latent":
-        raise ValueError(f"{args.data_dir} holds latents (.npy): add --encoder stability_vae")
+        raise ValueError(f"{flags.data_dir} holds latents (.npy): add --encoder stability_vae")
     if not encoder:
-        if "vae" in explicit and args.vae:
+        if "vae" in explicit and flags.vae:
             raise ValueError("--vae applies to latent training: add --encoder stability_vae")
-        return
-    if getattr(args, "arch", "adm") != "edm2":
+        return {}
+    if getattr(flags, "arch", "adm") != "edm2":
         raise ValueError(f"--encoder {encoder} trains EDM2's network on latents: add --arch edm2")
-    shape = ArchiveDataset(index, args.image_size).first_shape()  # a wrong --image_size fails here, naming a file
-    if shape[0] != 2 * network_channels(args):
-        raise ValueError(f"{args.data_dir}: latents of {shape[0]} channels ({index.files[0]}), but --encoder "
-                         f"{encoder} expects {2 * network_channels(args)} (posterior mean and standard deviation)")
-    if not args.vae:  # the VAE the dataset names (encode_latents.py records it), else EDM2's
-        args.vae = index.vae or DEFAULT_VAE
-    if os.path.isdir(os.path.expanduser(args.vae)):  # a local VAE: recorded by its absolute path
-        args.vae = os.path.abspath(os.path.expanduser(args.vae))
-    args.encoder_kwargs = encoder_record(StabilityVAEEncoder(vae_name=args.vae))
+    shape = ArchiveDataset(index, flags.image_size).first_shape()  # a wrong --image_size fails here, naming a file
+    if shape[0] != 2 * network_channels(flags):
+        raise ValueError(f"{flags.data_dir}: latents of {shape[0]} channels ({index.files[0]}), but --encoder "
+                         f"{encoder} expects {2 * network_channels(flags)} (posterior mean and standard deviation)")
+    vae = local_vae_path(flags.vae or index.vae or DEFAULT_VAE)
+    layer = {} if vae == flags.vae else {"vae": vae}
+    return {**layer, "encoder_kwargs": encoder_record(StabilityVAEEncoder(vae_name=vae))}
 
 
 def encoder_record(encoder: Encoder) -> dict:

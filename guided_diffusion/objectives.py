@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import edm
 from .denoiser import net_labels
 from .nn import mean_flat
 
@@ -46,10 +47,12 @@ class EDMConditioning:
     sigma_data: float = 0.5
 
     def input_scale(self, sigma: torch.Tensor) -> torch.Tensor:
-        return (sigma**2 + self.sigma_data**2).rsqrt()
+        """c_in(sigma), as the networks' preconditioning computes it (edm.input_scale)."""
+        return edm.input_scale(sigma, self.sigma_data)
 
     def noise_label(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.log() / 4
+        """ln(sigma) / 4, as the networks' preconditioning computes it (edm.noise_label)."""
+        return edm.noise_label(sigma)
 
 
 class EDMLoss:

@@ -22,9 +22,7 @@ from guided_diffusion.script_util import (
     classifier_defaults,
     create_classifier,
     create_model_and_diffusion,
-    model_and_diffusion_defaults,
     sr_create_model_and_diffusion,
-    sr_model_and_diffusion_defaults,
 )
 from guided_diffusion.settings import freeze, with_flags
 
@@ -42,8 +40,8 @@ def stage_args(args, defaults, flags, path, flag):
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    base_architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
-    sr_architecture = {**sr_model_and_diffusion_defaults(), **edm_util.objective_defaults()}
+    base_architecture = edm_util.architecture_defaults()
+    sr_architecture = edm_util.upsampler_architecture_defaults()
     base = stage_args(args, base_architecture, args.base_flags, args.base_model_path, "base_model_path")
     sr = stage_args(args, sr_architecture, args.sr_flags, args.sr_model_path, "sr_model_path")
     if sr.small_size != base.image_size:

@@ -18,13 +18,12 @@ from guided_diffusion.script_util import (
     classifier_defaults,
     create_classifier,
     create_model_and_diffusion,
-    model_and_diffusion_defaults,
 )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
+    architecture = edm_util.architecture_defaults()
 
     def implied_by_classifier(settings) -> dict:
         require_file(settings.classifier_path, "classifier_path")
@@ -58,8 +57,7 @@ def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(sampling.preset_flag_defaults())
     defaults.update(sampling.classifier_flag_defaults())
-    defaults.update(model_and_diffusion_defaults())
-    defaults.update(edm_util.edm_defaults())
+    defaults.update(edm_util.architecture_defaults())
     defaults.update(classifier_defaults())
     return cli.make_parser(__doc__, defaults)
 

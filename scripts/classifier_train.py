@@ -7,10 +7,11 @@ log-normal distribution (--p_mean, --p_std), inputs c_in(sigma) x and noise labe
 see them, so classifier_sample.py can guide them with any sigma-space sampler.
 """
 
+import functools
+
 from guided_diffusion import cli, dist_util, edm_util, logger
-from guided_diffusion.checkpoint_flags import explicit_flags
 from guided_diffusion.classifier_training import ClassifierTrainLoop
-from guided_diffusion.image_datasets import load_data, resolve_class_flags
+from guided_diffusion.image_datasets import class_flag_layer, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -21,10 +22,11 @@ from guided_diffusion.train_util import find_resume_checkpoint, parse_resume_ste
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = create_argparser().parse_args(argv)
-    cli.require_data_dir(args.data_dir)
-    edm_util.resolve_edm_flags(args, explicit_flags(argv), allowed=("adm", "edm"))
-    resolve_class_flags(args, explicit_flags(argv), class_cond=True)  # --num_classes from the data; class_names
+    parsed = create_argparser().parse_args(argv)
+    cli.require_data_dir(parsed.data_dir)
+    # The objective; --num_classes and class_names from the data. Frozen: the run reads these settings.
+    args = cli.training_settings(parsed, argv, functools.partial(edm_util.edm_flag_layer, allowed=("adm", "edm")),
+                                 functools.partial(class_flag_layer, class_cond=True))
     log_dir = cli.start(args, "classifier_train")
 
     logger.log("creating model and diffusion...")

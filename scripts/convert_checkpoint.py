@@ -16,7 +16,6 @@ import os
 from guided_diffusion import cli, edm_util, nvlabs
 from guided_diffusion.checkpoint import load_state_dict
 from guided_diffusion.checkpoint_flags import checkpoint_args, require_file
-from guided_diffusion.script_util import model_and_diffusion_defaults
 
 
 def trained_edm2_network(path: str):
@@ -26,7 +25,7 @@ def trained_edm2_network(path: str):
     if saved.get("arch") != "edm2":
         raise ValueError(f"{path}: neither an NVlabs pickle (.pkl) nor a checkpoint of an --arch edm2 training run "
                          "(its args.json)")
-    defaults = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
+    defaults = edm_util.architecture_defaults()
     flags = argparse.Namespace(**{**defaults, **{k: v for k, v in saved.items() if k in defaults}})
     net = edm_util.create_sigma_space_network(flags, create_adm=None)
     net.load_state_dict(load_state_dict(path))

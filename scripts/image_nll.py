@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from guided_diffusion import cli, dist_util, logger, sampling
 from guided_diffusion.checkpoint_flags import (
-    apply_checkpoint_args,
+    checkpoint_layer,
     configure_logging,
     explicit_flags,
     require_file,
@@ -26,15 +26,18 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
+from guided_diffusion.settings import freeze, resolve
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = create_argparser().parse_args(argv)
-    require_file(args.model_path, "model_path")
-    if not args.data_dir:
+    parsed = create_argparser().parse_args(argv)
+    require_file(parsed.model_path, "model_path")
+    if not parsed.data_dir:
         raise ValueError("--data_dir is required: a folder of images to evaluate on")
-    saved = apply_checkpoint_args(args, args.model_path, model_and_diffusion_defaults(), explicit_flags(argv),
-                                  "model_path") or {}
+    # The network's flags from the args.json beside the checkpoint; those on the command line win. Frozen.
+    given, explicit = dict(vars(parsed)), explicit_flags(argv)
+    layer, saved = checkpoint_layer(parsed.model_path, model_and_diffusion_defaults(), given, explicit, "model_path")
+    args, saved = freeze(resolve(given, explicit, layer)), saved or {}
     dist_util.setup_dist()
     configure_logging("image_nll", args)
 

@@ -17,12 +17,12 @@ latents (image_train.py --encoder stability_vae): their args.json records the ch
 from guided_diffusion import cli, edm_util, logger, sampling
 from guided_diffusion.sample_record import sample_record
 from guided_diffusion.sample_writer import SampleWriter, generate
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import create_model_and_diffusion
 
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
+    architecture = edm_util.architecture_defaults()
     prepared = sampling.prepare("image_sample", args, architecture, argv)
     args = prepared.settings
 
@@ -41,8 +41,7 @@ def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(sampling.preset_flag_defaults())
     defaults.update(sampling.latent_flag_defaults())
-    defaults.update(model_and_diffusion_defaults())
-    defaults.update(edm_util.edm_defaults())
+    defaults.update(edm_util.architecture_defaults())
     return cli.make_parser(__doc__, defaults)
 
 

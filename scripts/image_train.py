@@ -22,9 +22,8 @@ record for --control_cfg_scale; --class_attention True feeds the label to the at
 """
 
 from guided_diffusion import cli, dist_util, edm_util, logger
-from guided_diffusion.checkpoint_flags import explicit_flags
-from guided_diffusion.image_datasets import load_data, parse_random_resize, resolve_class_flags
-from guided_diffusion.latent_training import latent_defaults, resolve_latent_flags, wrap_data
+from guided_diffusion.image_datasets import class_flag_layer, load_data, parse_random_resize
+from guided_diffusion.latent_training import latent_defaults, latent_flag_layer, spelled_out_vae, wrap_data
 from guided_diffusion.script_util import (
     args_to_dict,
     create_model_and_diffusion,
@@ -35,11 +34,12 @@ from guided_diffusion.train_util import train_diffusion_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = create_argparser().parse_args(argv)
-    cli.require_data_dir(args.data_dir)
-    edm_util.resolve_edm_flags(args, explicit_flags(argv))
-    resolve_class_flags(args, explicit_flags(argv), args.class_cond)  # --num_classes from the data; class_names
-    resolve_latent_flags(args, explicit_flags(argv))  # --encoder against the data; the encoder for args.json
+    parsed = create_argparser().parse_args(argv)
+    cli.require_data_dir(parsed.data_dir)
+    # The objective and EDM2's preset; --num_classes and class_names from the data; --encoder against the data,
+    # the VAE and the encoder for args.json. Frozen: the run reads these settings.
+    args = cli.training_settings(parsed, argv, edm_util.edm_flag_layer, class_flag_layer, latent_flag_layer,
+                                 spell_out=spelled_out_vae)
     cli.start(args, "image_train")
 
     logger.log("creating model and diffusion...")
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def create_argparser():
-    return cli.make_parser(__doc__, model_and_diffusion_defaults(), edm_util.edm_defaults(), cli.training_defaults(),
-                           latent_defaults())
+    return cli.make_parser(__doc__, edm_util.architecture_defaults(), cli.training_defaults(), latent_defaults())
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ i % (number of base images) with noise from --seed + i. A weaker upsampler can g
 from guided_diffusion import cli, edm_util, logger, sampling
 from guided_diffusion.sample_record import sample_record
 from guided_diffusion.sample_writer import SampleWriter, generate
-from guided_diffusion.script_util import sr_create_model_and_diffusion, sr_model_and_diffusion_defaults
+from guided_diffusion.script_util import sr_create_model_and_diffusion
 
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = {**sr_model_and_diffusion_defaults(), **edm_util.objective_defaults()}
+    architecture = edm_util.upsampler_architecture_defaults()
     base = None
 
     def read_base(settings):
@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 def create_argparser():
     defaults = sampling.upsampler_sampling_defaults()
     defaults.update(base_samples="")
-    defaults.update(sr_model_and_diffusion_defaults())
-    defaults.update(edm_util.objective_defaults())
+    defaults.update(edm_util.upsampler_architecture_defaults())
     return cli.make_parser(__doc__, defaults)
 
 

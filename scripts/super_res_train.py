@@ -6,9 +6,10 @@
 a clean condition).
 """
 
+import functools
+
 from guided_diffusion import cli, dist_util, edm_util, logger
-from guided_diffusion.checkpoint_flags import explicit_flags
-from guided_diffusion.image_datasets import load_superres_data, resolve_class_flags
+from guided_diffusion.image_datasets import class_flag_layer, load_superres_data
 from guided_diffusion.script_util import (
     args_to_dict,
     sr_create_model_and_diffusion,
@@ -18,10 +19,11 @@ from guided_diffusion.train_util import train_diffusion_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = create_argparser().parse_args(argv)
-    cli.require_data_dir(args.data_dir)
-    edm_util.resolve_edm_flags(args, explicit_flags(argv), allowed=("adm", "edm"))
-    resolve_class_flags(args, explicit_flags(argv), args.class_cond)  # --num_classes from the data; class_names
+    parsed = create_argparser().parse_args(argv)
+    cli.require_data_dir(parsed.data_dir)
+    # The objective; --num_classes and class_names from the data. Frozen: the run reads these settings.
+    args = cli.training_settings(parsed, argv, functools.partial(edm_util.edm_flag_layer, allowed=("adm", "edm")),
+                                 class_flag_layer)
     cli.start(args, "super_res_train")
 
     logger.log("creating model...")
@@ -42,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def create_argparser():
-    return cli.make_parser(__doc__, sr_model_and_diffusion_defaults(), edm_util.objective_defaults(),
-                           cli.training_defaults())
+    return cli.make_parser(__doc__, edm_util.upsampler_architecture_defaults(), cli.training_defaults())
 
 
 if __name__ == "__main__":

@@ -69,6 +69,26 @@ def test_preconditioning_limits():
         assert (big - noisy).abs().mean() > 1  # D is not the input at large sigma
 
 
+def test_networks_and_classifiers_in_sigma_space_see_the_same_c_in_and_c_noise():
+    """c_in = 1 / sqrt(sigma_data^2 + sigma^2) and c_noise = ln(sigma) / 4 have one home (edm.input_scale,
+    edm.noise_label): the networks' preconditioning (NVlabs' expression, bit for bit) and a classifier trained with
+    --objective edm (EDMConditioning) compute the same bits, in float32 and float64, over sigma 1e-3 .. 1e3."""
+    from guided_diffusion.edm import input_scale, noise_label, preconditioning
+
+    for dtype in (torch.float32, torch.float64):
+        sigma = torch.logspace(-3, 3, 4001, dtype=dtype)
+        assert torch.equal(input_scale(sigma, 0.5), 1 / (0.5**2 + sigma**2).sqrt())
+        assert torch.equal(noise_label(sigma), sigma.log() / 4)
+        for sigma_data in (0.5, 1.0, 0.3):
+            conditioning = EDMConditioning(sigma_data)
+            assert torch.equal(conditioning.input_scale(sigma), input_scale(sigma, sigma_data))
+            assert torch.equal(conditioning.noise_label(sigma), noise_label(sigma))
+    sigma = torch.logspace(-3, 3, 4001)
+    _, _, _, _, c_in, c_noise = preconditioning(torch.zeros(len(sigma), 1, 1, 1), sigma, None, 0, 0.5)
+    assert torch.equal(c_in.flatten(), EDMConditioning(0.5).input_scale(sigma))
+    assert torch.equal(c_noise, EDMConditioning(0.5).noise_label(sigma))
+
+
 def test_edm_loss_weight_and_noise_distribution():
     loss = EDMLoss(sigma_data=0.5, p_mean=-1.2, p_std=1.2)
     sigma = torch.tensor([0.1, 0.5, 2.0])
@@ -240,18 +260,14 @@ def test_bad_recipe_flags(images, tmp_path, flags, message):
 
 
 def test_edm2_preset_sets_width_and_dropout_unless_given(images, tmp_path):
-    from guided_diffusion.edm_util import edm_defaults, resolve_edm_flags
-    from guided_diffusion.script_util import model_and_diffusion_defaults
+    from guided_diffusion.edm_util import architecture_defaults, edm_flag_layer
     import argparse
 
-    args = argparse.Namespace(**{**model_and_diffusion_defaults(), **edm_defaults(), "arch": "edm2",
-                                 "edm2_preset": "m"})
-    resolve_edm_flags(args, set())
-    assert (args.model_channels, args.dropout, args.objective) == (256, 0.1, "edm2")
-    args = argparse.Namespace(**{**model_and_diffusion_defaults(), **edm_defaults(), "arch": "edm2",
-                                 "edm2_preset": "m", "model_channels": 64})
-    resolve_edm_flags(args, {"model_channels"})
-    assert (args.model_channels, args.dropout) == (64, 0.1)
+    args = argparse.Namespace(**{**architecture_defaults(), "arch": "edm2", "edm2_preset": "m"})
+    assert edm_flag_layer(args, set()) == {"model_channels": 256, "dropout": 0.1, "objective": "edm2"}
+    args = argparse.Namespace(**{**architecture_defaults(), "arch": "edm2", "edm2_preset": "m", "model_channels": 64})
+    assert edm_flag_layer(args, {"model_channels"}) == {"dropout": 0.1, "objective": "edm2"}  # the given width wins
+    assert args.model_channels == 64 and args.objective == ""  # the namespace is read, never changed
 
 
 def test_super_res_objective_edm_round_trip(tmp_path):

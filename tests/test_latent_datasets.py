@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion.image_datasets import center_crop_arr, load_data, resolve_class_flags
+from guided_diffusion.image_datasets import center_crop_arr, class_flag_layer, load_data
 from guided_diffusion.latent_datasets import is_archive_dataset, read_archive_index
 
 from launch import ROOT, make_image_folder
@@ -261,13 +261,14 @@ def test_load_data_reads_edm2_pixel_datasets(tmp_path):
 
 def test_class_flags_come_from_dataset_json(tmp_path):
     path = _write_latents(tmp_path / "d")
-    args = argparse.Namespace(data_dir=path, num_classes=1000)
-    resolve_class_flags(args, set(), True)
-    assert (args.num_classes, args.class_names) == (3, ["0", "1", "2"])
+    args = argparse.Namespace(data_dir=path, num_classes=1000, class_cond=True)
+    assert class_flag_layer(args, set()) == {"num_classes": 3, "class_names": ["0", "1", "2"]}
+    assert class_flag_layer(args, {"num_classes"}) == {"class_names": ["0", "1", "2"]}  # 1000 given: it holds them
+    assert class_flag_layer(args, set(), class_cond=False) == {}
     meta = json.load(open(os.path.join(path, "dataset.json")))
     json.dump({**meta, "class_names": ["cat", "dog", "eel"]}, open(os.path.join(path, "dataset.json"), "w"))
-    resolve_class_flags(args, set(), True)
-    assert args.class_names == ["cat", "dog", "eel"]
+    assert class_flag_layer(args, set())["class_names"] == ["cat", "dog", "eel"]
+    assert vars(args) == {"data_dir": path, "num_classes": 1000, "class_cond": True}  # never changed
 
 
 def test_loader_errors_name_the_file(tmp_path):

@@ -3,6 +3,7 @@ sample per batch, seeded so that a killed and resumed run is the uninterrupted o
 args.json; EDM2's img512 presets; one-line errors for data that does not fit the flags."""
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -16,7 +17,6 @@ import torch
 from guided_diffusion import edm_util
 from guided_diffusion.encoders import StabilityVAEEncoder
 from guided_diffusion.latent_training import EncodedBatches, encoder_from_args, network_channels
-from guided_diffusion.script_util import model_and_diffusion_defaults
 
 from launch import ROOT, call_main, make_image_folder, run_main, run_script, train_straight_and_killed
 
@@ -51,7 +51,7 @@ def test_latent_run_trains_and_records_the_encoder(latents, tmp_path):
     assert encoder.vae_name == VAE_DIR and encoder._vae is None
     assert np.array_equal(encoder.scale, reference.scale) and np.array_equal(encoder.bias, reference.bias)
     # The checkpoint is a 4-channel EDM2 network (the VAE's latent channels), with its power-function EMA.
-    flags = argparse.Namespace(**{**model_and_diffusion_defaults(), **edm_util.edm_defaults(), **saved})
+    flags = argparse.Namespace(**{**edm_util.architecture_defaults(), **saved})
     assert network_channels(flags) == 4
     net = edm_util.create_sigma_space_network(flags, None)
     net.load_state_dict(torch.load(run / "model000002.pt", weights_only=True))
@@ -97,12 +97,11 @@ def test_each_batch_draws_its_own_reproducible_posterior_sample():
 
 def test_img512_presets_follow_edm2(tmp_path):
     def resolve(preset, **given):
-        args = argparse.Namespace(**{**model_and_diffusion_defaults(), **edm_util.edm_defaults(), "arch": "edm2",
-                                     "edm2_preset": preset, "lr": 1e-4, "lr_ref_images": 0.0,
-                                     "lr_rampup_images": 0.0, **given})
-        edm_util.resolve_edm_flags(args, set(given))
-        return (args.model_channels, args.dropout, args.lr, args.lr_ref_images, args.lr_rampup_images, args.p_mean,
-                args.p_std)
+        args = argparse.Namespace(**{**edm_util.architecture_defaults(), "arch": "edm2", "edm2_preset": preset,
+                                     "lr": 1e-4, "lr_ref_images": 0.0, "lr_rampup_images": 0.0, **given})
+        flags = {**vars(args), **edm_util.edm_flag_layer(args, set(given))}
+        return tuple(flags[k] for k in ("model_channels", "dropout", "lr", "lr_ref_images", "lr_rampup_images",
+                                        "p_mean", "p_std"))
 
     assert resolve("img512-xs") == (128, 0.0, 0.0120, 70000 * 2048, 10e6, -0.4, 1.0)
     assert resolve("img512-m") == (256, 0.1, 0.0090, 70000 * 2048, 10e6, -0.4, 1.0)
@@ -164,11 +163,40 @@ def test_sigkill_then_auto_resume_gives_identical_weights(latents, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+# args.json's encoder record of a latent run on the tiny VAE (EDM2's latent statistics: scale 0.5 / std, bias
+# -mean * scale per channel), as the training scripts wrote it before their flags resolved into frozen settings.
+ENCODER_RECORD = {"batch_size": 8, "class_name": "StabilityVAEEncoder", "vae_name": VAE_DIR,
+                  "bias": [-0.6966426372528076, -0.3517315983772278, -0.016172505915164948, 0.32774391770362854],
+                  "scale": [0.11990407109260559, 0.10822510719299316, 0.13477088510990143, 0.15243902802467346]}
+
+
+@pytest.mark.parametrize("vae", [None, "", "vae"], ids=["left_out", "empty", "relative_folder"])
+def test_a_latent_run_resolves_its_flags_once(latents, tmp_path, monkeypatch, vae):
+    """--vae left out or "": the dataset's VAE; a local folder given relative to the working directory: by its
+    absolute path. args.json is the parsed flags with exactly these values changed or added; the namespace is left
+    as it is and the settings are frozen."""
+    from test_training_settings import run_resolving
+
+    monkeypatch.chdir(os.path.dirname(VAE_DIR))
+    given = [] if vae is None else ["--vae", vae]
+    code, stderr, as_parsed, namespace, settings = run_resolving(monkeypatch, "image_train.py", [
+        "--data_dir", latents, "--log_dir", tmp_path / "run", "--batch_size", 2, "--max_steps", 1, *given,
+        *TINY_LATENT])
+    assert code == 0, stderr
+    assert vars(namespace) == as_parsed and as_parsed["vae"] == (vae or "")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.vae = "other"
+    saved = json.load(open(tmp_path / "run" / "args.json"))
+    assert saved == vars(settings) == {**as_parsed, "objective": "edm2", "num_classes": 4,
+                                       "class_names": ["c0", "c1", "c2", "c3"], "vae": VAE_DIR,
+                                       "encoder_kwargs": ENCODER_RECORD}
+
+
 def test_vae_defaults_to_the_one_the_dataset_names(latents, tmp_path, monkeypatch):
     """--vae left out: the VAE the dataset.json of encode_latents.py names (a zip too), else EDM2's; a local VAE is
     recorded by its absolute path."""
     from guided_diffusion.encoders import DEFAULT_VAE
-    from guided_diffusion.latent_training import resolve_latent_flags
+    from guided_diffusion.latent_training import latent_flag_layer, spelled_out_vae
 
     zipped = tmp_path / "lat.zip"
     with zipfile.ZipFile(zipped, "w") as archive:
@@ -176,19 +204,18 @@ def test_vae_defaults_to_the_one_the_dataset_names(latents, tmp_path, monkeypatc
             for f in files:
                 archive.write(os.path.join(root, f), os.path.relpath(os.path.join(root, f), latents))
     args = argparse.Namespace(encoder="stability_vae", vae="", data_dir=str(zipped), arch="edm2", image_size=8)
-    resolve_latent_flags(args)
-    assert args.vae == VAE_DIR and args.encoder_kwargs["vae_name"] == VAE_DIR
+    layer = latent_flag_layer(args)
+    assert layer["vae"] == VAE_DIR and layer["encoder_kwargs"]["vae_name"] == VAE_DIR and args.vae == ""
     meta = json.load(open(os.path.join(latents, "dataset.json")))
     edm2_made = tmp_path / "edm2"
     shutil.copytree(latents, edm2_made)
     json.dump({"labels": meta["labels"]}, open(edm2_made / "dataset.json", "w"))
     args = argparse.Namespace(encoder="stability_vae", vae="", data_dir=str(edm2_made), arch="edm2", image_size=8)
-    resolve_latent_flags(args)
-    assert args.vae == DEFAULT_VAE
+    assert latent_flag_layer(args)["vae"] == DEFAULT_VAE
     monkeypatch.chdir(os.path.dirname(VAE_DIR))
     args = argparse.Namespace(encoder="stability_vae", vae="vae", data_dir=str(edm2_made), arch="edm2", image_size=8)
-    resolve_latent_flags(args, {"vae"})
-    assert args.vae == VAE_DIR
+    assert spelled_out_vae(vars(args)) == {"vae": VAE_DIR} and spelled_out_vae({"vae": DEFAULT_VAE}) == {}
+    assert latent_flag_layer(args, {"vae"})["encoder_kwargs"]["vae_name"] == VAE_DIR
 
 
 _DECODE = StabilityVAEEncoder.decode  # as defined, whatever a test patches

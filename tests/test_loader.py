@@ -12,12 +12,12 @@ from guided_diffusion.denoiser import Denoiser, PrecondDenoiser
 from guided_diffusion.guidance import Guidance
 from guided_diffusion.rng import SampleRNG
 from guided_diffusion.sampler_dispatch import SamplerOptions, run_sampler
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import create_model_and_diffusion
 
 from launch import read_samples, run_main
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "nvlabs")
-ARCHITECTURE = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
+ARCHITECTURE = edm_util.architecture_defaults()
 
 
 def _flags(path: str, **extra) -> argparse.Namespace:

@@ -8,11 +8,10 @@ import shutil
 import pytest
 
 from guided_diffusion import cli, dist_util, edm_util, sampling
-from guided_diffusion.script_util import model_and_diffusion_defaults
 from guided_diffusion.settings import freeze, resolve, with_flags
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "nvlabs")
-ARCHITECTURE = {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
+ARCHITECTURE = edm_util.architecture_defaults()
 
 
 def _prepare(args, argv):
