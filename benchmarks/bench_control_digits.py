@@ -31,12 +31,12 @@ from digits_features import real_images  # noqa: E402
 from digits_judge import DigitsJudge  # noqa: E402
 from seed_summary import finish_plot, load_results, mean_std, pass_header  # noqa: E402
 
-from guided_diffusion.checkpoint_flags import checkpoint_args  # noqa: E402
-from guided_diffusion.control import parse_control  # noqa: E402
-from guided_diffusion.fileio import atomic_write  # noqa: E402
-from guided_diffusion.guidance import Guidance  # noqa: E402
-from guided_diffusion.sample_writer import save_grid  # noqa: E402
-from guided_diffusion.sampler_dispatch import SamplerOptions  # noqa: E402
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args  # noqa: E402
+from guided_diffusion.networks.control import parse_control  # noqa: E402
+from guided_diffusion.cli.fileio import atomic_write  # noqa: E402
+from guided_diffusion.guidance.compose import Guidance  # noqa: E402
+from guided_diffusion.sampling.writer import save_grid  # noqa: E402
+from guided_diffusion.sampling.dispatch import SamplerOptions  # noqa: E402
 
 ARMS = {"a": "no control conditioning", "b": "controls summed into the class embedding",
         "c": "separate, gated controls", "d": "separate, gated controls + class attention"}

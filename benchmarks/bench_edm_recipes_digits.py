@@ -30,14 +30,14 @@ sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 from digits_judge import DigitsJudge  # noqa: E402
 from seed_summary import finish_plot, load_results, mean_std, pass_header  # noqa: E402
 
-from guided_diffusion import edm_util  # noqa: E402
-from guided_diffusion.checkpoint_flags import checkpoint_args  # noqa: E402
-from guided_diffusion.fileio import atomic_write  # noqa: E402
-from guided_diffusion.guidance import Guidance  # noqa: E402
-from guided_diffusion.rng import SampleRNG  # noqa: E402
-from guided_diffusion.sample_writer import save_grid, to_uint8  # noqa: E402
-from guided_diffusion.sampler_dispatch import SamplerOptions, run_sigma_sampler  # noqa: E402
-from guided_diffusion.loader import load_model  # noqa: E402
+from guided_diffusion.networks import sigma_space  # noqa: E402
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args  # noqa: E402
+from guided_diffusion.cli.fileio import atomic_write  # noqa: E402
+from guided_diffusion.guidance.compose import Guidance  # noqa: E402
+from guided_diffusion.sampling.rng import SampleRNG  # noqa: E402
+from guided_diffusion.sampling.writer import save_grid, to_uint8  # noqa: E402
+from guided_diffusion.sampling.dispatch import SamplerOptions, run_sigma_sampler  # noqa: E402
+from guided_diffusion.loading.loader import load_model  # noqa: E402
 from guided_diffusion.script_util import create_model_and_diffusion  # noqa: E402
 
 ARMS = ("adm", "adm-edm", "edm2")
@@ -49,7 +49,7 @@ METRICS = ("recognized", "fd", "precision", "recall")
 
 def load_denoiser(path: str):
     """(D(x; sigma), whether it predicts in sigma space) of a checkpoint trained here, from its args.json."""
-    architecture = edm_util.architecture_defaults()
+    architecture = sigma_space.architecture_defaults()
     flags = argparse.Namespace(**{**architecture, **{k: v for k, v in checkpoint_args(path).items()
                                                      if k in architecture}, "timestep_respacing": ""})
     loaded = load_model(create_model_and_diffusion, flags, architecture, path, "model_path")

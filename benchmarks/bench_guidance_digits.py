@@ -29,14 +29,14 @@ sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "datasets")]
 from digits_judge import DigitsJudge  # noqa: E402
 from seed_summary import finish_plot, load_results, mean_std, pass_header  # noqa: E402
 
-from guided_diffusion.checkpoint_flags import checkpoint_args  # noqa: E402
-from guided_diffusion.denoiser import Denoiser  # noqa: E402
-from guided_diffusion.fileio import atomic_write  # noqa: E402
-from guided_diffusion.guidance import Guidance, Interval, classifier_cond_fn  # noqa: E402
-from guided_diffusion.rng import SampleRNG  # noqa: E402
-from guided_diffusion.sample_writer import save_grid, to_uint8  # noqa: E402
-from guided_diffusion.sampler_dispatch import SamplerOptions, run_sampler  # noqa: E402
-from guided_diffusion.loader import load_module_weights, model_fn_for  # noqa: E402
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args  # noqa: E402
+from guided_diffusion.processes.denoiser import Denoiser  # noqa: E402
+from guided_diffusion.cli.fileio import atomic_write  # noqa: E402
+from guided_diffusion.guidance.compose import Guidance, Interval, classifier_cond_fn  # noqa: E402
+from guided_diffusion.sampling.rng import SampleRNG  # noqa: E402
+from guided_diffusion.sampling.writer import save_grid, to_uint8  # noqa: E402
+from guided_diffusion.sampling.dispatch import SamplerOptions, run_sampler  # noqa: E402
+from guided_diffusion.loading.loader import load_module_weights, model_fn_for  # noqa: E402
 from guided_diffusion.script_util import (  # noqa: E402
     classifier_defaults,
     create_classifier,

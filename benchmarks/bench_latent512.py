@@ -1,5 +1,5 @@
 """The ImageNet-512 latent path: EDM2's img512 XS and S networks sampling 64x64x4 latents, and Stability's VAE
-decoding them to 512x512 pixels through guided_diffusion/encoders.py, with stand-in random weights.
+decoding them to 512x512 pixels through guided_diffusion/networks/encoders.py, with stand-in random weights.
 
     python benchmarks/bench_latent512.py [--device cpu|cuda] [--batch 2] [--steps 32] [--nets xs,s] [--full xs]
         [--probe_steps 3] [--decode_images 16] [--vae_batch 8] [--json OUT.json] [--quick]
@@ -46,10 +46,11 @@ for folder in (ROOT, ROOT / "tests"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from guided_diffusion import edm2, samplers  # noqa: E402
-from guided_diffusion.denoiser import PrecondDenoiser  # noqa: E402
-from guided_diffusion.encoders import StabilityVAEEncoder  # noqa: E402
-from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels  # noqa: E402
+from guided_diffusion.networks import edm2  # noqa: E402
+from guided_diffusion.sampling import samplers
+from guided_diffusion.processes.denoiser import PrecondDenoiser  # noqa: E402
+from guided_diffusion.networks.encoders import StabilityVAEEncoder  # noqa: E402
+from guided_diffusion.sampling.dispatch import SamplerOptions, noise_levels  # noqa: E402
 
 MANIFESTS = ROOT / "tests" / "fixtures" / "reference" / "edm2" / "manifests"
 NETS = ("xs", "s")

@@ -22,7 +22,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from guided_diffusion import edm, edm2  # noqa: E402
+from guided_diffusion.networks import edm  # noqa: E402
+from guided_diffusion.networks import edm2
 from reference import MANIFESTS, REFERENCE, build, load_json  # noqa: E402
 
 

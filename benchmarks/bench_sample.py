@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from guided_diffusion import sampling
-from guided_diffusion.guidance import Guidance, classifier_cond_fn
-from guided_diffusion.sampler_dispatch import SamplerOptions, run_sampler
-from guided_diffusion.rng import SampleRNG
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.guidance.compose import Guidance, classifier_cond_fn
+from guided_diffusion.sampling.dispatch import SamplerOptions, run_sampler
+from guided_diffusion.sampling.rng import SampleRNG
 from guided_diffusion.script_util import (
     classifier_defaults,
     create_classifier,

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import samplers
-from guided_diffusion.denoiser import Denoiser
+from guided_diffusion.sampling import samplers
+from guided_diffusion.processes.denoiser import Denoiser
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
-from guided_diffusion.rng import SampleRNG
-from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
+from guided_diffusion.sampling.rng import SampleRNG
+from guided_diffusion.sampling.dispatch import SamplerOptions, noise_levels, run_sampler
 
 STEPS = 1000
 DIM = 4

@@ -29,9 +29,9 @@ from bench_samplers_network import Network, options_for  # noqa: E402
 from digits_judge import DigitsJudge  # noqa: E402
 from seed_summary import finish_plot, mean_std  # noqa: E402
 
-from guided_diffusion.fileio import atomic_write  # noqa: E402
-from guided_diffusion.sample_writer import to_uint8  # noqa: E402
-from guided_diffusion.sampler_dispatch import SamplerOptions  # noqa: E402
+from guided_diffusion.cli.fileio import atomic_write  # noqa: E402
+from guided_diffusion.sampling.writer import to_uint8  # noqa: E402
+from guided_diffusion.sampling.dispatch import SamplerOptions  # noqa: E402
 
 # (sampler, steps): DDPM and DDIM step through respaced timesteps; Heun takes 2 steps - 1 evaluations.
 RUNS = [("ddpm", 250)] + [("ddim", n) for n in (10, 20, 25, 35, 50, 100)] + \

@@ -29,11 +29,11 @@ import time
 
 import torch
 
-from guided_diffusion.denoiser import Denoiser
-from guided_diffusion.rng import SampleRNG
-from guided_diffusion.checkpoint_flags import checkpoint_args
-from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
-from guided_diffusion.loader import load_module_weights, model_fn_for
+from guided_diffusion.processes.denoiser import Denoiser
+from guided_diffusion.sampling.rng import SampleRNG
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args
+from guided_diffusion.sampling.dispatch import SamplerOptions, noise_levels, run_sampler
+from guided_diffusion.loading.loader import load_module_weights, model_fn_for
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
     create_model_and_diffusion,

@@ -20,7 +20,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from guided_diffusion.attention import set_attention_backend  # noqa: E402
+from guided_diffusion.networks.attention import set_attention_backend  # noqa: E402
 from reference import MANIFESTS, build, kind_of, load_json  # noqa: E402
 
 

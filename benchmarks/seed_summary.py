@@ -40,7 +40,7 @@ def finish_plot(fig, ax, path: str, xlabel: str, ylabel: str, legend_size: int =
     """Label, legend and grid the axes, then write the figure as a PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from guided_diffusion.fileio import atomic_write
+    from guided_diffusion.cli.fileio import atomic_write
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

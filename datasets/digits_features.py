@@ -33,7 +33,7 @@ sys.path[:0] = [p for p in (HERE, os.path.dirname(HERE)) if p not in sys.path]
 from digits import digit_to_pil, load_digit_arrays, split_indices  # noqa: E402
 
 from evaluations.inception_file import default_cache_dir  # noqa: E402
-from guided_diffusion.fileio import atomic_write  # noqa: E402
+from guided_diffusion.cli.fileio import atomic_write  # noqa: E402
 
 SIZE = 16  # the side the digits are trained and judged at
 FEATURES = 64

@@ -48,7 +48,7 @@ from evaluations.metrics import (  # noqa: E402
     precision_recall,
     reference_radii,
 )
-from guided_diffusion.fileio import atomic_write  # noqa: E402
+from guided_diffusion.cli.fileio import atomic_write  # noqa: E402
 
 PRESENT_SHARE = 0.01  # a digit counts as present when at least this share of a set reads as it
 

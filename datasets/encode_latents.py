@@ -3,7 +3,7 @@ Encode an image dataset into VAE latents for latent training (EDM2's ImageNet 51
 
 Each image is center-cropped to --resolution as EDM2's ``dataset_tool.py convert --transform=center-crop-dhariwal``
 does (ADM's crop: halve with a box filter while the short side is at least twice the target, resize with BICUBIC,
-take the central square), then encoded by Stability AI's VAE (``guided_diffusion.encoders.StabilityVAEEncoder``)
+take the central square), then encoded by Stability AI's VAE (``guided_diffusion.networks.encoders.StabilityVAEEncoder``)
 into its raw latents: the posterior mean and standard deviation, 8 float32 channels at 1/8 of the resolution. The
 output has the layout of EDM2's ``dataset_tool.py encode``, so EDM2's own loader and this project's both read it:
 
@@ -40,11 +40,11 @@ from tqdm import tqdm
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [p for p in (os.path.dirname(HERE),) if p not in sys.path]
 
-from guided_diffusion.encoders import DEFAULT_VAE  # noqa: E402
-from guided_diffusion.fileio import atomic_write, read_json, remove_stale_temporaries  # noqa: E402
+from guided_diffusion.networks.encoders import DEFAULT_VAE  # noqa: E402
+from guided_diffusion.cli.fileio import atomic_write, read_json, remove_stale_temporaries  # noqa: E402
 from guided_diffusion.image_datasets import IMAGE_EXTENSIONS, center_crop_arr, class_sort_key  # noqa: E402
-from guided_diffusion.image_modes import to_rgb  # noqa: E402
-from guided_diffusion.latent_datasets import LABELS_FILE, is_archive_dataset, read_archive_index  # noqa: E402
+from guided_diffusion.training.image_modes import to_rgb  # noqa: E402
+from guided_diffusion.training.latent_datasets import LABELS_FILE, is_archive_dataset, read_archive_index  # noqa: E402
 
 TRANSFORMS = ("center-crop-dhariwal", "none")
 LABEL_MODES = ("auto", "folder", "prefix", "none")
@@ -199,7 +199,7 @@ def encode_dataset(args: argparse.Namespace) -> str:
     """Encode args.source into args.dest (resuming a folder in progress); returns a one-line summary."""
     import torch
 
-    from guided_diffusion.encoders import StabilityVAEEncoder
+    from guided_diffusion.networks.encoders import StabilityVAEEncoder
 
     if args.resolution < 8 or args.resolution % 8:
         raise EncodeError(f"--resolution {args.resolution}: expected a positive multiple of 8 (the VAE "

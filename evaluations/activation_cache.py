@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluations.npz_io import ACTS_KEYS, STATS_KEYS
-from guided_diffusion.fileio import write_npz_stream
+from guided_diffusion.cli.fileio import write_npz_stream
 
 Activations = tuple[np.ndarray, np.ndarray]
 Stats = dict[str, np.ndarray]

@@ -51,7 +51,7 @@ from evaluations.reference import (
     reference_features,
     subset_indices,
 )
-from guided_diffusion.fileio import write_npz_stream
+from guided_diffusion.cli.fileio import write_npz_stream
 
 RESULTS = (
     ("inception_score", "Inception Score"),

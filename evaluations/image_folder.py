@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from evaluations.errors import EvaluatorError
-from guided_diffusion.image_modes import to_rgb
+from guided_diffusion.training.image_modes import to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -1,7 +1,7 @@
 """``.npz`` input for the evaluator: image batches streamed from ``arr_0``, and what a reference file carries.
 
 A sample batch of 50k images at 256x256 is ~10 GB, so ``arr_0`` is never loaded whole: rows are
-read batch by batch from the zip member (stored or deflated) with ``guided_diffusion.fileio``.
+read batch by batch from the zip member (stored or deflated) with ``guided_diffusion.cli.fileio``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from evaluations.errors import EvaluatorError
 from evaluations.metrics import covariance_problem
-from guided_diffusion.fileio import NpzArray, npz_keys
+from guided_diffusion.cli.fileio import NpzArray, npz_keys
 
 IMAGES_KEY = "arr_0"
 STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")

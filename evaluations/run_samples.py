@@ -3,7 +3,7 @@
 
 The sample argument may be
 
-* a run's output folder: the sampling scripts (``guided_diffusion/sample_writer.py``) write
+* a run's output folder: the sampling scripts (``guided_diffusion/sampling/writer.py``) write
   ``samples_{N}x{H}x{W}x3.npz`` there, with its record ``samples_...json`` beside it (the flags that made it,
   ``--seed`` included) and a PNG grid that is not a sample; the folder's one such npz is evaluated (also one level
   down, as ``cascade_sample.py``'s ``base/`` and ``upsampled/``: several are an error asking for one);
@@ -11,7 +11,7 @@ The sample argument may be
 * a folder of PNG/JPEG images (searched recursively), e.g. EDM/EDM2's ``generate_images.py --outdir out
   --subdirs --seeds 0-49999``, which names each image by its seed (``out/000000/000123.png``).
 
-Seeds: image i of a sampling run's npz was drawn from seed ``--seed + i`` (``guided_diffusion/sampling.py``),
+Seeds: image i of a sampling run's npz was drawn from seed ``--seed + i`` (``guided_diffusion/sampling/pipeline.py``),
 which its record gives; an image file's seed is its name's number (``000123.png``, or ``seed000123.png``).
 """
 
@@ -30,7 +30,7 @@ from evaluations.errors import EvaluatorError
 from evaluations.image_folder import FolderImages
 from evaluations.npz_io import NpzImages
 from evaluations.seed_sets import SeedSet, describe_seeds
-from guided_diffusion.sample_record import read_record
+from guided_diffusion.sampling.record import read_record
 
 RUN_NPZ = re.compile(r"samples_\d+x\d+x\d+x3\.npz")  # sample_writer.output_name(...) + ".npz"
 RUN_PARTS = re.compile(r"samples_\d+x\d+x\d+x3\.parts")  # an unfinished run's batches

@@ -24,7 +24,7 @@ import numpy as np
 
 from evaluations.errors import EvaluatorError
 from evaluations.metrics import covariance_problem
-from guided_diffusion.fileio import atomic_write
+from guided_diffusion.cli.fileio import atomic_write
 
 STATS_METRICS = ("fid", "fd_dinov2")  # the statistics an EDM2 file can hold
 Stats = dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> (mu, sigma)

@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 
 from . import logger
-from .checkpoint import load_state_dict as _read_state_dict
-from .checkpoint import read_bytes, state_dict_from_bytes
-from .fileio import remove_stale_temporaries
+from guided_diffusion.loading.checkpoint import load_state_dict as _read_state_dict
+from guided_diffusion.loading.checkpoint import read_bytes, state_dict_from_bytes
+from guided_diffusion.cli.fileio import remove_stale_temporaries
 
 # Collectives wait at most this long for a peer, so a dead rank ends the run instead of hanging it.
 DEFAULT_TIMEOUT_S = int(os.environ.get("GUIDED_DIFFUSION_DIST_TIMEOUT", "600"))

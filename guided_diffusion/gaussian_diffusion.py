@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
-from .rng import SampleRNG, randn_like
+from guided_diffusion.sampling.rng import SampleRNG, randn_like
 
 CondFn = Callable[..., torch.Tensor]  # (x_t, timesteps, **model_kwargs) -> s grad_{x_t} log p(y | x_t, t)
 

@@ -22,8 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import dist_util
-from .image_modes import to_rgb
-from .latent_datasets import (
+from guided_diffusion.training.image_modes import to_rgb
+from guided_diffusion.training.latent_datasets import (
     BadDataFileError,
     archive_class_names,
     first_readable,

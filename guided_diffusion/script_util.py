@@ -11,10 +11,10 @@ import inspect
 import math
 
 from . import gaussian_diffusion as gd
-from .control import parse_gates, parse_groups
-from .int_flags import INT_RANGES, describe, int_flag
+from guided_diffusion.networks.control import parse_gates, parse_groups
+from guided_diffusion.cli.int_flags import INT_RANGES, describe, int_flag
 from .respace import SpacedDiffusion, space_timesteps
-from .train_state import parse_ema_rates
+from guided_diffusion.training.state import parse_ema_rates
 from .unet import (  # noqa: F401 (default_channel_mult: also imported from here)
     SR_CHANNEL_MULT,
     UNET_CHANNEL_MULT,

@@ -1,4 +1,4 @@
-"""Training loops for diffusion models (TrainLoop; classifier_training.py holds the classifiers' loop).
+"""Training loops for diffusion models (TrainLoop; training/classifier.py holds the classifiers' loop).
 
 Both share the mechanics: data-parallel gradients (DDP, gradient accumulation over microbatches with no_sync),
 mixed precision, AdamW with optional linear lr annealing and EDM2's schedule, classic and power-function EMAs
@@ -19,16 +19,16 @@ from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from . import dist_util, logger
-from .checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict, training_state_from_bytes
-from .control import drop_controls
-from .edm2 import has_mp_weights, project_weights
-from .edm_util import objective_from_flags
+from guided_diffusion.loading.checkpoint import atomic_torch_save, load_weights, read_bytes, save_state_dict, training_state_from_bytes
+from guided_diffusion.networks.control import drop_controls
+from guided_diffusion.networks.edm2 import has_mp_weights, project_weights
+from guided_diffusion.networks.sigma_space import objective_from_flags
 from .fp16_util import MixedPrecisionTrainer
 from .nn import update_ema
-from .objectives import EDMLoss, edm2_learning_rate
-from .phema import PowerFunctionEMA
+from guided_diffusion.processes.objectives import EDMLoss, edm2_learning_rate
+from guided_diffusion.training.phema import PowerFunctionEMA
 from .resample import LossAwareSampler, UniformSampler, create_named_schedule_sampler
-from .train_state import (  # noqa: F401  (the original's names, importable from here)
+from guided_diffusion.training.state import (  # noqa: F401  (the original's names, importable from here)
     capture_rng_state,
     find_resume_checkpoint,
     parse_ema_rates,

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionBlock, AttentionPool2d, QKVAttention, QKVAttentionLegacy  # noqa: F401 (classic names)
-from .control import ControlEmbedding
-from .blocks import Downsample, ResBlock, TimestepBlock, TimestepEmbedSequential, Upsample  # noqa: F401 (classic names)
+from guided_diffusion.networks.attention import AttentionBlock, AttentionPool2d, QKVAttention, QKVAttentionLegacy  # noqa: F401 (classic names)
+from guided_diffusion.networks.control import ControlEmbedding
+from guided_diffusion.networks.blocks import Downsample, ResBlock, TimestepBlock, TimestepEmbedSequential, Upsample  # noqa: F401 (classic names)
 from .fp16_util import convert_module_to_f16, convert_module_to_f32
 from .nn import conv_nd, linear, normalization, timestep_embedding, zero_module
 

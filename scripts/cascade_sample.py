@@ -12,11 +12,14 @@ Outputs go to LOG_DIR/base/ and LOG_DIR/upsampled/.
 
 import os
 
-from guided_diffusion import cli, dist_util, edm_util, logger, sampling
-from guided_diffusion.checkpoint_flags import checkpoint_args, configure_logging, namespace_from_flags, require_file
-from guided_diffusion.guidance import Guidance
-from guided_diffusion.sample_record import sample_record
-from guided_diffusion.sample_writer import SampleWriter, generate
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args, configure_logging, namespace_from_flags, require_file
+from guided_diffusion.guidance.compose import Guidance
+from guided_diffusion.sampling.record import sample_record
+from guided_diffusion.sampling.writer import SampleWriter, generate
 from guided_diffusion.script_util import (
     args_to_dict,
     classifier_defaults,
@@ -24,7 +27,7 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
     sr_create_model_and_diffusion,
 )
-from guided_diffusion.settings import freeze, with_flags
+from guided_diffusion.cli.settings import freeze, with_flags
 
 # Options that apply to both stages.
 SHARED = [k for k in sampling.sampling_defaults() if k not in ("model_path", "log_dir", "grid")]
@@ -40,8 +43,8 @@ def stage_args(args, defaults, flags, path, flag):
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    base_architecture = edm_util.architecture_defaults()
-    sr_architecture = edm_util.upsampler_architecture_defaults()
+    base_architecture = sigma_space.architecture_defaults()
+    sr_architecture = sigma_space.upsampler_architecture_defaults()
     base = stage_args(args, base_architecture, args.base_flags, args.base_model_path, "base_model_path")
     sr = stage_args(args, sr_architecture, args.sr_flags, args.sr_model_path, "sr_model_path")
     if sr.small_size != base.image_size:
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     if clf is not None:
         classifier = create_classifier(**args_to_dict(clf, classifier_defaults().keys()))
         sampling.load_module_weights(classifier, args.classifier_path, "classifier_path", clf.classifier_use_fp16)
-    conditioning = edm_util.classifier_conditioning(checkpoint_args(args.classifier_path)) if clf else None
+    conditioning = sigma_space.classifier_conditioning(checkpoint_args(args.classifier_path)) if clf else None
     guidance = sampling.guidance_from_args(base, prepared, create_model_and_diffusion, base_architecture, classifier,
                                            conditioning)
     logger.log("stage 1: base samples")

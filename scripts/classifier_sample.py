@@ -9,10 +9,13 @@ Classifier-free guidance and autoguidance (see image_sample.py) combine with it.
 """
 
 
-from guided_diffusion import cli, edm_util, logger, sampling
-from guided_diffusion.checkpoint_flags import checkpoint_args, checkpoint_layer, explicit_flags, require_file
-from guided_diffusion.sample_record import sample_record
-from guided_diffusion.sample_writer import SampleWriter, generate
+from guided_diffusion import logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args, checkpoint_layer, explicit_flags, require_file
+from guided_diffusion.sampling.record import sample_record
+from guided_diffusion.sampling.writer import SampleWriter, generate
 from guided_diffusion.script_util import (
     args_to_dict,
     classifier_defaults,
@@ -23,12 +26,12 @@ from guided_diffusion.script_util import (
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = edm_util.architecture_defaults()
+    architecture = sigma_space.architecture_defaults()
 
     def implied_by_classifier(settings) -> dict:
         require_file(settings.classifier_path, "classifier_path")
         keys = [k for k in classifier_defaults() if k.startswith("classifier_")]
-        if sampling.is_nvlabs_pickle(settings.model_path) or edm_util.uses_sigma_space(settings):
+        if sampling.is_nvlabs_pickle(settings.model_path) or sigma_space.uses_sigma_space(settings):
             # a model at continuous sigma: the classifier's own schedule maps sigma to its timesteps
             keys += ["noise_schedule", "diffusion_steps"]
         layer, saved = checkpoint_layer(settings.classifier_path, keys, vars(settings), explicit_flags(argv),
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     classifier = create_classifier(**args_to_dict(args, classifier_defaults().keys()))
     sampling.load_module_weights(classifier, args.classifier_path, "classifier_path", args.classifier_use_fp16)
     guidance = sampling.guidance_from_args(args, prepared, create_model_and_diffusion, architecture, classifier,
-                                           edm_util.classifier_conditioning(checkpoint_args(args.classifier_path)))
+                                           sigma_space.classifier_conditioning(checkpoint_args(args.classifier_path)))
 
     logger.log("sampling...")
     writer = SampleWriter(logger.get_dir(), args.num_samples, args.image_size, args.image_size, with_labels=True,
@@ -57,7 +60,7 @@ def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(sampling.preset_flag_defaults())
     defaults.update(sampling.classifier_flag_defaults())
-    defaults.update(edm_util.architecture_defaults())
+    defaults.update(sigma_space.architecture_defaults())
     defaults.update(classifier_defaults())
     return cli.make_parser(__doc__, defaults)
 

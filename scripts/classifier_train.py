@@ -9,8 +9,10 @@ see them, so classifier_sample.py can guide them with any sigma-space sampler.
 
 import functools
 
-from guided_diffusion import cli, dist_util, edm_util, logger
-from guided_diffusion.classifier_training import ClassifierTrainLoop
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.training.classifier import ClassifierTrainLoop
 from guided_diffusion.image_datasets import class_flag_layer, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import (
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parsed = create_argparser().parse_args(argv)
     cli.require_data_dir(parsed.data_dir)
     # The objective; --num_classes and class_names from the data. Frozen: the run reads these settings.
-    args = cli.training_settings(parsed, argv, functools.partial(edm_util.edm_flag_layer, allowed=("adm", "edm")),
+    args = cli.training_settings(parsed, argv, functools.partial(sigma_space.edm_flag_layer, allowed=("adm", "edm")),
                                  functools.partial(class_flag_layer, class_cond=True))
     log_dir = cli.start(args, "classifier_train")
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, anneal_lr=args.anneal_lr, iterations=args.iterations,
         use_fp16=args.classifier_use_fp16, use_bf16=args.use_bf16,
-        objective=edm_util.objective_from_flags(args) if args.objective == "edm" else None,
+        objective=sigma_space.objective_from_flags(args) if args.objective == "edm" else None,
     ).run_loop()
 
 
@@ -67,7 +69,7 @@ def create_argparser():
     # Its own flags and defaults (the original always cropped randomly).
     defaults.update(val_data_dir="", noised=True, iterations=150000, lr=3e-4, anneal_lr=False, batch_size=4,
                     eval_interval=5, random_crop=True)
-    return cli.make_parser(__doc__, defaults, classifier_and_diffusion_defaults(), edm_util.objective_defaults())
+    return cli.make_parser(__doc__, defaults, classifier_and_diffusion_defaults(), sigma_space.objective_defaults())
 
 
 if __name__ == "__main__":

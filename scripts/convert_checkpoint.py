@@ -13,9 +13,11 @@ pickle itself.
 import argparse
 import os
 
-from guided_diffusion import cli, edm_util, nvlabs
-from guided_diffusion.checkpoint import load_state_dict
-from guided_diffusion.checkpoint_flags import checkpoint_args, require_file
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.loading import nvlabs
+from guided_diffusion.loading.checkpoint import load_state_dict
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args, require_file
 
 
 def trained_edm2_network(path: str):
@@ -25,9 +27,9 @@ def trained_edm2_network(path: str):
     if saved.get("arch") != "edm2":
         raise ValueError(f"{path}: neither an NVlabs pickle (.pkl) nor a checkpoint of an --arch edm2 training run "
                          "(its args.json)")
-    defaults = edm_util.architecture_defaults()
+    defaults = sigma_space.architecture_defaults()
     flags = argparse.Namespace(**{**defaults, **{k: v for k, v in saved.items() if k in defaults}})
-    net = edm_util.create_sigma_space_network(flags, create_adm=None)
+    net = sigma_space.create_sigma_space_network(flags, create_adm=None)
     net.load_state_dict(load_state_dict(path))
     return net.eval()
 

@@ -13,8 +13,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from guided_diffusion import cli, dist_util, logger, sampling
-from guided_diffusion.checkpoint_flags import (
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.loading.checkpoint_flags import (
     checkpoint_layer,
     configure_logging,
     explicit_flags,
@@ -26,7 +28,7 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
-from guided_diffusion.settings import freeze, resolve
+from guided_diffusion.cli.settings import freeze, resolve
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,15 +14,18 @@ latents (image_train.py --encoder stability_vae): their args.json records the ch
 """
 
 
-from guided_diffusion import cli, edm_util, logger, sampling
-from guided_diffusion.sample_record import sample_record
-from guided_diffusion.sample_writer import SampleWriter, generate
+from guided_diffusion import logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.sampling.record import sample_record
+from guided_diffusion.sampling.writer import SampleWriter, generate
 from guided_diffusion.script_util import create_model_and_diffusion
 
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = edm_util.architecture_defaults()
+    architecture = sigma_space.architecture_defaults()
     prepared = sampling.prepare("image_sample", args, architecture, argv)
     args = prepared.settings
 
@@ -41,7 +44,7 @@ def create_argparser():
     defaults = sampling.sampling_defaults()
     defaults.update(sampling.preset_flag_defaults())
     defaults.update(sampling.latent_flag_defaults())
-    defaults.update(edm_util.architecture_defaults())
+    defaults.update(sigma_space.architecture_defaults())
     return cli.make_parser(__doc__, defaults)
 
 

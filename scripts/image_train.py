@@ -21,9 +21,11 @@ crop,flip,size records each image's augmentation and tells the network; --contro
 record for --control_cfg_scale; --class_attention True feeds the label to the attention layers instead.
 """
 
-from guided_diffusion import cli, dist_util, edm_util, logger
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
 from guided_diffusion.image_datasets import class_flag_layer, load_data, parse_random_resize
-from guided_diffusion.latent_training import latent_defaults, latent_flag_layer, spelled_out_vae, wrap_data
+from guided_diffusion.training.latent_training import latent_defaults, latent_flag_layer, spelled_out_vae, wrap_data
 from guided_diffusion.script_util import (
     args_to_dict,
     create_model_and_diffusion,
@@ -38,12 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     cli.require_data_dir(parsed.data_dir)
     # The objective and EDM2's preset; --num_classes and class_names from the data; --encoder against the data,
     # the VAE and the encoder for args.json. Frozen: the run reads these settings.
-    args = cli.training_settings(parsed, argv, edm_util.edm_flag_layer, class_flag_layer, latent_flag_layer,
+    args = cli.training_settings(parsed, argv, sigma_space.edm_flag_layer, class_flag_layer, latent_flag_layer,
                                  spell_out=spelled_out_vae)
     cli.start(args, "image_train")
 
     logger.log("creating model and diffusion...")
-    model, diffusion = edm_util.create_training_network(
+    model, diffusion = sigma_space.create_training_network(
         args, lambda: create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys())))
     model.to(dist_util.dev())
 
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def create_argparser():
-    return cli.make_parser(__doc__, edm_util.architecture_defaults(), cli.training_defaults(), latent_defaults())
+    return cli.make_parser(__doc__, sigma_space.architecture_defaults(), cli.training_defaults(), latent_defaults())
 
 
 if __name__ == "__main__":

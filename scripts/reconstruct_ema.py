@@ -15,8 +15,9 @@ import os
 import numpy as np
 import torch
 
-from guided_diffusion import cli, phema
-from guided_diffusion.checkpoint import load_state_dict, save_state_dict
+from guided_diffusion.cli import run as cli
+from guided_diffusion.training import phema
+from guided_diffusion.loading.checkpoint import load_state_dict, save_state_dict
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,15 +10,18 @@ i % (number of base images) with noise from --seed + i. A weaker upsampler can g
 """
 
 
-from guided_diffusion import cli, edm_util, logger, sampling
-from guided_diffusion.sample_record import sample_record
-from guided_diffusion.sample_writer import SampleWriter, generate
+from guided_diffusion import logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.sampling.record import sample_record
+from guided_diffusion.sampling.writer import SampleWriter, generate
 from guided_diffusion.script_util import sr_create_model_and_diffusion
 
 
 def main(argv: list[str] | None = None) -> None:
     args = create_argparser().parse_args(argv)
-    architecture = edm_util.upsampler_architecture_defaults()
+    architecture = sigma_space.upsampler_architecture_defaults()
     base = None
 
     def read_base(settings):
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 def create_argparser():
     defaults = sampling.upsampler_sampling_defaults()
     defaults.update(base_samples="")
-    defaults.update(edm_util.upsampler_architecture_defaults())
+    defaults.update(sigma_space.upsampler_architecture_defaults())
     return cli.make_parser(__doc__, defaults)
 
 

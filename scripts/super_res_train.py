@@ -8,7 +8,9 @@ a clean condition).
 
 import functools
 
-from guided_diffusion import cli, dist_util, edm_util, logger
+from guided_diffusion import dist_util, logger
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
 from guided_diffusion.image_datasets import class_flag_layer, load_superres_data
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -22,12 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     parsed = create_argparser().parse_args(argv)
     cli.require_data_dir(parsed.data_dir)
     # The objective; --num_classes and class_names from the data. Frozen: the run reads these settings.
-    args = cli.training_settings(parsed, argv, functools.partial(edm_util.edm_flag_layer, allowed=("adm", "edm")),
+    args = cli.training_settings(parsed, argv, functools.partial(sigma_space.edm_flag_layer, allowed=("adm", "edm")),
                                  class_flag_layer)
     cli.start(args, "super_res_train")
 
     logger.log("creating model...")
-    model, diffusion = edm_util.create_training_network(
+    model, diffusion = sigma_space.create_training_network(
         args, lambda: sr_create_model_and_diffusion(**args_to_dict(args, sr_model_and_diffusion_defaults().keys())))
     model.to(dist_util.dev())
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def create_argparser():
-    return cli.make_parser(__doc__, edm_util.upsampler_architecture_defaults(), cli.training_defaults())
+    return cli.make_parser(__doc__, sigma_space.upsampler_architecture_defaults(), cli.training_defaults())
 
 
 if __name__ == "__main__":

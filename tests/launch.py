@@ -84,7 +84,7 @@ def classifier_probability(classifier_path: str, samples: dict) -> float:
     noise-free samples (arr_0)."""
     import torch
 
-    from guided_diffusion.checkpoint_flags import checkpoint_args
+    from guided_diffusion.loading.checkpoint_flags import checkpoint_args
     from guided_diffusion.script_util import classifier_defaults, create_classifier
 
     args = classifier_defaults()
@@ -129,7 +129,7 @@ def _in_process(script: str, args: list, env: dict | None = None) -> tuple[int, 
     import importlib.util
     import io
 
-    from guided_diffusion import cli
+    from guided_diffusion.cli import run as cli
 
     spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(ROOT, "scripts", script))
     module = importlib.util.module_from_spec(spec)

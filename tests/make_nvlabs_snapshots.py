@@ -11,7 +11,7 @@ ema, loss_fn, augment_pipe and dataset_kwargs). A second child reads that file b
 source recorded in it runs as in NVlabs' generate scripts, and stores the network's outputs on fixed inputs,
 and the other records' attributes as that code sees them, in an .npz beside it.
 
-The tests read these files with guided_diffusion.nvlabs only; neither NVlabs' code nor this script is needed there.
+The tests read these files with guided_diffusion.loading.nvlabs only; neither NVlabs' code nor this script is needed there.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import bench_latent512 as bench  # noqa: E402
 
-from guided_diffusion import edm2  # noqa: E402
+from guided_diffusion.networks import edm2  # noqa: E402
 
 
 @pytest.mark.parametrize("name, channels", [("xs", 128), ("s", 192)])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from guided_diffusion import script_util as su
-from guided_diffusion.fileio import atomic_write
-from guided_diffusion.checkpoint import (
+from guided_diffusion.cli.fileio import atomic_write
+from guided_diffusion.loading.checkpoint import (
     CheckpointMismatchError,
     load_state_dict,
     load_weights,

@@ -13,10 +13,11 @@ import torch
 from launch import call_main, read_samples, run_main
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import logger, samplers
-from guided_diffusion.denoiser import Denoiser
-from guided_diffusion.guidance import Guidance, null_labels
-from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels
+from guided_diffusion import logger
+from guided_diffusion.sampling import samplers
+from guided_diffusion.processes.denoiser import Denoiser
+from guided_diffusion.guidance.compose import Guidance, null_labels
+from guided_diffusion.sampling.dispatch import SamplerOptions, noise_levels
 from guided_diffusion.script_util import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from guided_diffusion import checkpoint_flags, logger
+from guided_diffusion import logger
+from guided_diffusion.loading import checkpoint_flags
 from guided_diffusion.script_util import model_and_diffusion_defaults
 from launch import run_main
 

@@ -1,4 +1,4 @@
-"""Separate semantic and control conditioning (guided_diffusion/control.py): gates, records from the data loader,
+"""Separate semantic and control conditioning (guided_diffusion/networks/control.py): gates, records from the data loader,
 control dropout, class attention, guidance, and a script-level round trip."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.control import (
+from guided_diffusion.networks.control import (
     NULL,
     ControlEmbedding,
     cosine_gate,
@@ -128,7 +128,7 @@ def test_class_attention_changes_outputs_for_other_labels_only():
 
 
 def _edm2(**kwargs):
-    from guided_diffusion import edm2
+    from guided_diffusion.networks import edm2
 
     torch.manual_seed(0)
     net = edm2.Precond(16, 3, 5, use_fp16=False, model_channels=16, channel_mult=[1, 2], num_blocks=1,

@@ -17,7 +17,7 @@ from guided_diffusion.resample import (
     create_named_schedule_sampler,
 )
 from guided_diffusion.respace import space_timesteps
-from guided_diffusion.rng import SampleRNG
+from guided_diffusion.sampling.rng import SampleRNG
 
 from reference import golden_network, golden_npz
 from tiny import TinyNet, make_diffusion

@@ -1,4 +1,4 @@
-"""EDM's ImageNet-64 network (guided_diffusion/edm.py) against NVlabs' own: the released model's state dict and a
+"""EDM's ImageNet-64 network (guided_diffusion/networks/edm.py) against NVlabs' own: the released model's state dict and a
 small network's denoiser outputs over the whole noise range (tests/fixtures/reference/edm)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import edm
+from guided_diffusion.networks import edm
 
 from reference import REFERENCE, formula_weights
 

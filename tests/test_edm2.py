@@ -1,4 +1,4 @@
-"""EDM2's network (guided_diffusion/edm2.py) against NVlabs' own: the 13 released presets' state dicts (names,
+"""EDM2's network (guided_diffusion/networks/edm2.py) against NVlabs' own: the 13 released presets' state dicts (names,
 shapes, parameter counts) and a small network's outputs, learned uncertainty, training loss and forced weight
 normalization (tests/fixtures/reference/edm2, see its README)."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import edm2
-from guided_diffusion.objectives import EDMLoss
+from guided_diffusion.networks import edm2
+from guided_diffusion.processes.objectives import EDMLoss
 
 from reference import REFERENCE, formula_weights
 
@@ -115,10 +115,10 @@ def _tiny(label_dim: int, seed: int) -> edm2.Precond:
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "edm_stochastic"])
 def test_every_sigma_sampler_and_guidance_runs_an_edm2_network(sampler):
-    from guided_diffusion.denoiser import PrecondDenoiser, classifier_timestep
-    from guided_diffusion.guidance import Guidance, Interval, classifier_cond_fn
-    from guided_diffusion.rng import SampleRNG
-    from guided_diffusion.sampler_dispatch import SamplerOptions, run_sigma_sampler
+    from guided_diffusion.processes.denoiser import PrecondDenoiser, classifier_timestep
+    from guided_diffusion.guidance.compose import Guidance, Interval, classifier_cond_fn
+    from guided_diffusion.sampling.rng import SampleRNG
+    from guided_diffusion.sampling.dispatch import SamplerOptions, run_sigma_sampler
     from tiny import TinyClassifier, make_diffusion
 
     options = SamplerOptions(sampler=sampler, steps=5, s_churn=5.0 if sampler == "edm_stochastic" else 0.0)
@@ -147,10 +147,10 @@ def test_every_sigma_sampler_and_guidance_runs_an_edm2_network(sampler):
 def test_an_adm_classifier_raises_its_class_on_an_edm2_network():
     """The classifier sees x / sqrt(sigma^2 + 1) and the ADM timestep nearest to sigma; guiding by it raises
     the probability it gives the requested class to the final samples."""
-    from guided_diffusion.denoiser import PrecondDenoiser, classifier_timestep
-    from guided_diffusion.guidance import Guidance, classifier_cond_fn
-    from guided_diffusion.rng import SampleRNG
-    from guided_diffusion.sampler_dispatch import SamplerOptions, run_sigma_sampler
+    from guided_diffusion.processes.denoiser import PrecondDenoiser, classifier_timestep
+    from guided_diffusion.guidance.compose import Guidance, classifier_cond_fn
+    from guided_diffusion.sampling.rng import SampleRNG
+    from guided_diffusion.sampling.dispatch import SamplerOptions, run_sigma_sampler
     from tiny import make_diffusion
 
     class MeanColour(torch.nn.Module):  # logits from the mean colour: a classifier guidance can move

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import edm2
-from guided_diffusion.edm_util import ADMPrecond
-from guided_diffusion.objectives import EDMConditioning, EDMLoss, LogNormalSigma, edm2_learning_rate
+from guided_diffusion.networks import edm2
+from guided_diffusion.networks.sigma_space import ADMPrecond
+from guided_diffusion.processes.objectives import EDMConditioning, EDMLoss, LogNormalSigma, edm2_learning_rate
 from guided_diffusion.script_util import create_model
 from guided_diffusion.train_util import TrainLoop
 
@@ -73,7 +73,7 @@ def test_networks_and_classifiers_in_sigma_space_see_the_same_c_in_and_c_noise()
     """c_in = 1 / sqrt(sigma_data^2 + sigma^2) and c_noise = ln(sigma) / 4 have one home (edm.input_scale,
     edm.noise_label): the networks' preconditioning (NVlabs' expression, bit for bit) and a classifier trained with
     --objective edm (EDMConditioning) compute the same bits, in float32 and float64, over sigma 1e-3 .. 1e3."""
-    from guided_diffusion.edm import input_scale, noise_label, preconditioning
+    from guided_diffusion.networks.edm import input_scale, noise_label, preconditioning
 
     for dtype in (torch.float32, torch.float64):
         sigma = torch.logspace(-3, 3, 4001, dtype=dtype)
@@ -154,7 +154,7 @@ def test_edm2_training_step_keeps_weights_on_the_sphere_and_follows_the_schedule
 
 
 def test_label_dropout_reaches_edm2_networks_as_the_zero_label():
-    from guided_diffusion.denoiser import net_labels
+    from guided_diffusion.processes.denoiser import net_labels
 
     net = _tiny_edm2()
     rows = net_labels(net, torch.tensor([0, 3, 4]))
@@ -260,7 +260,7 @@ def test_bad_recipe_flags(images, tmp_path, flags, message):
 
 
 def test_edm2_preset_sets_width_and_dropout_unless_given(images, tmp_path):
-    from guided_diffusion.edm_util import architecture_defaults, edm_flag_layer
+    from guided_diffusion.networks.sigma_space import architecture_defaults, edm_flag_layer
     import argparse
 
     args = argparse.Namespace(**{**architecture_defaults(), "arch": "edm2", "edm2_preset": "m"})

@@ -1,4 +1,4 @@
-"""guided_diffusion.encoders against what NVlabs' EDM2 encoders compute (tests/fixtures/encoders, written by
+"""guided_diffusion.networks.encoders against what NVlabs' EDM2 encoders compute (tests/fixtures/encoders, written by
 tests/make_encoder_fixture.py with EDM2's own code on a tiny random AutoencoderKL), plus its one-line errors."""
 
 import os
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import cli
-from guided_diffusion.encoders import (
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks.encoders import (
     INSTALL_HINT,
     StabilityVAEEncoder,
     StandardRGBEncoder,
     VAEUnavailableError,
     encoder_from_record,
 )
-from guided_diffusion.nvlabs_pickle import read_pickle
+from guided_diffusion.loading.nvlabs_pickle import read_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "encoders")

@@ -22,8 +22,8 @@ from evaluations.distances import Float16FirstDistances
 from evaluations.inception import InceptionNetwork
 from evaluations.seed_sets import parse_seed_set, parse_seed_sets
 from evaluations.errors import EvaluatorError
-from guided_diffusion.sample_record import sample_record
-from guided_diffusion.sample_writer import SampleWriter, generate
+from guided_diffusion.sampling.record import sample_record
+from guided_diffusion.sampling.writer import SampleWriter, generate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dinov2"
 SEED = 100  # the runs' --seed: image i has seed 100 + i

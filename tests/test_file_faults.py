@@ -14,8 +14,10 @@ import textwrap
 import pytest
 import torch
 
-from guided_diffusion import fileio, logger, phema
-from guided_diffusion.fileio import DiskFullError, atomic_write, remove_stale_temporaries
+from guided_diffusion import logger
+from guided_diffusion.cli import fileio
+from guided_diffusion.training import phema
+from guided_diffusion.cli.fileio import DiskFullError, atomic_write, remove_stale_temporaries
 from launch import ROOT, TINY_MODEL, call_main, make_image_folder, run_main, script_env, wait_for
 
 LEFTOVER = ".model000002.pt.k3x_9q0a.tmp"  # the name atomic_write's temporary file of model000002.pt can have
@@ -270,7 +272,7 @@ def test_a_resumed_sampling_run_removes_its_leftover_temporaries(run_dir, tmp_pa
 
 _KILLED_WRITER = textwrap.dedent("""
     import sys, time
-    from guided_diffusion.fileio import atomic_write
+    from guided_diffusion.cli.fileio import atomic_write
 
     def write(f):
         f.write(b"x" * 1000)

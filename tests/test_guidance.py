@@ -1,4 +1,4 @@
-"""Guidance (guided_diffusion/guidance.py): intervals, network calls saved outside them, autoguidance, the
+"""Guidance (guided_diffusion/guidance/compose.py): intervals, network calls saved outside them, autoguidance, the
 composition against closed-form denoisers, DDPM/DDIM through the same module, and the scripts' guidance flags."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion.denoiser import Denoiser
-from guided_diffusion.guidance import Guidance, Interval, broadcast, per_sample
-from guided_diffusion.rng import SampleRNG
-from guided_diffusion.sampler_dispatch import SamplerOptions, run_sampler
+from guided_diffusion.processes.denoiser import Denoiser
+from guided_diffusion.guidance.compose import Guidance, Interval, broadcast, per_sample
+from guided_diffusion.sampling.rng import SampleRNG
+from guided_diffusion.sampling.dispatch import SamplerOptions, run_sampler
 
 from launch import read_samples, run_main, run_script
 from tiny import TinyNet, make_diffusion

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import guidance_terms, sampling
-from guided_diffusion.denoiser import Denoiser
-from guided_diffusion.guidance import Guidance
-from guided_diffusion.guidance_terms import TERMS, ClassifierFree, Interval, Reference, Term
+from guided_diffusion.guidance import terms as guidance_terms
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.processes.denoiser import Denoiser
+from guided_diffusion.guidance.compose import Guidance
+from guided_diffusion.guidance.terms import TERMS, ClassifierFree, Interval, Reference, Term
 
 from launch import run_main
 

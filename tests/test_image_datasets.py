@@ -19,7 +19,7 @@ from guided_diffusion.image_datasets import (
     load_data,
     load_superres_data,
 )
-from guided_diffusion.image_modes import to_rgb
+from guided_diffusion.training.image_modes import to_rgb
 
 from launch import make_image_folder
 

@@ -1,6 +1,6 @@
 """Datasets in NVlabs EDM2's layout: datasets/encode_latents.py (images -> VAE latents, a folder or a zip of .npy
 files with dataset.json, resumable, one-line errors) and the training loader's readers for it and for EDM2's pixel
-datasets (guided_diffusion/latent_datasets.py through image_datasets.load_data)."""
+datasets (guided_diffusion/training/latent_datasets.py through image_datasets.load_data)."""
 
 import argparse
 import importlib.util
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from guided_diffusion.image_datasets import center_crop_arr, class_flag_layer, load_data
-from guided_diffusion.latent_datasets import is_archive_dataset, read_archive_index
+from guided_diffusion.training.latent_datasets import is_archive_dataset, read_archive_index
 
 from launch import ROOT, make_image_folder
 
@@ -77,7 +77,7 @@ def _read_like_edm2(path):
 
 
 def test_encode_writes_edm2_layout_with_the_vae_posterior(encoded, images):
-    from guided_diffusion.encoders import StabilityVAEEncoder
+    from guided_diffusion.networks.encoders import StabilityVAEEncoder
 
     files, arrays, labels = _read_like_edm2(encoded)
     assert files == [f"00000/img-mean-std-{i:08d}.npy" for i in range(6)]

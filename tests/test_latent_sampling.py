@@ -1,5 +1,5 @@
-"""Sampling networks on latents (EDM2's img512 networks) to pixels: guided_diffusion/latents.py and the latent
-paths of guided_diffusion/sampling.py, through scripts/image_sample.py and classifier_sample.py.
+"""Sampling networks on latents (EDM2's img512 networks) to pixels: guided_diffusion/sampling/latents.py and the latent
+paths of guided_diffusion/sampling/pipeline.py, through scripts/image_sample.py and classifier_sample.py.
 
 The latent network is the snapshot NVlabs' training code wrote (tests/fixtures/nvlabs/edm2_latent_snapshot.pkl:
 8x8 latents of 4 channels, its encoder record naming Stability's VAE); the VAE is the tiny AutoencoderKL of
@@ -20,8 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import edm2, encoders, nvlabs, sampling
-from guided_diffusion.encoders import StabilityVAEEncoder
+from guided_diffusion.networks import edm2
+from guided_diffusion.networks import encoders
+from guided_diffusion.loading import nvlabs
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.networks.encoders import StabilityVAEEncoder
 
 from launch import read_samples, run_main
 from test_nvlabs import SMALL, _Persistent, _write, stand_ins  # noqa: F401 - stand_ins is a fixture
@@ -76,7 +79,7 @@ def _latent_pickle(path, label_dim: int, seed: int, scale_factor: float = 1.0) -
 
 
 def _own_decoding(latents: torch.Tensor, vae_dir: str = VAE_DIR) -> np.ndarray:
-    """Final latents -> uint8 NHWC through guided_diffusion.encoders with EDM2's constants and the given VAE."""
+    """Final latents -> uint8 NHWC through guided_diffusion.networks.encoders with EDM2's constants and the given VAE."""
     encoder = StabilityVAEEncoder(vae_name=vae_dir)
     return _DECODE(encoder, latents).permute(0, 2, 3, 1).numpy()
 
@@ -145,8 +148,8 @@ def test_a_converted_latent_network_decodes_with_edm2s_encoder(tmp_path):
 
 
 def test_encoder_records_that_do_not_fit_the_network_are_one_line():
-    from guided_diffusion import latents
-    from guided_diffusion.nvlabs_pickle import Record
+    from guided_diffusion.sampling import latents
+    from guided_diffusion.loading.nvlabs_pickle import Record
 
     where = "--model_path x.pkl"
     recorded = nvlabs.read_pickle(LATENT)["encoder"]

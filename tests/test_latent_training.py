@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import edm_util
-from guided_diffusion.encoders import StabilityVAEEncoder
-from guided_diffusion.latent_training import EncodedBatches, encoder_from_args, network_channels
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.networks.encoders import StabilityVAEEncoder
+from guided_diffusion.training.latent_training import EncodedBatches, encoder_from_args, network_channels
 
 from launch import ROOT, call_main, make_image_folder, run_main, run_script, train_straight_and_killed
 
@@ -51,9 +51,9 @@ def test_latent_run_trains_and_records_the_encoder(latents, tmp_path):
     assert encoder.vae_name == VAE_DIR and encoder._vae is None
     assert np.array_equal(encoder.scale, reference.scale) and np.array_equal(encoder.bias, reference.bias)
     # The checkpoint is a 4-channel EDM2 network (the VAE's latent channels), with its power-function EMA.
-    flags = argparse.Namespace(**{**edm_util.architecture_defaults(), **saved})
+    flags = argparse.Namespace(**{**sigma_space.architecture_defaults(), **saved})
     assert network_channels(flags) == 4
-    net = edm_util.create_sigma_space_network(flags, None)
+    net = sigma_space.create_sigma_space_network(flags, None)
     net.load_state_dict(torch.load(run / "model000002.pt", weights_only=True))
     out = net(torch.randn(2, 4, 8, 8), torch.tensor([1.0, 2.0]), torch.eye(4)[:2])
     assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
@@ -97,9 +97,9 @@ def test_each_batch_draws_its_own_reproducible_posterior_sample():
 
 def test_img512_presets_follow_edm2(tmp_path):
     def resolve(preset, **given):
-        args = argparse.Namespace(**{**edm_util.architecture_defaults(), "arch": "edm2", "edm2_preset": preset,
+        args = argparse.Namespace(**{**sigma_space.architecture_defaults(), "arch": "edm2", "edm2_preset": preset,
                                      "lr": 1e-4, "lr_ref_images": 0.0, "lr_rampup_images": 0.0, **given})
-        flags = {**vars(args), **edm_util.edm_flag_layer(args, set(given))}
+        flags = {**vars(args), **sigma_space.edm_flag_layer(args, set(given))}
         return tuple(flags[k] for k in ("model_channels", "dropout", "lr", "lr_ref_images", "lr_rampup_images",
                                         "p_mean", "p_std"))
 
@@ -195,8 +195,8 @@ def test_a_latent_run_resolves_its_flags_once(latents, tmp_path, monkeypatch, va
 def test_vae_defaults_to_the_one_the_dataset_names(latents, tmp_path, monkeypatch):
     """--vae left out: the VAE the dataset.json of encode_latents.py names (a zip too), else EDM2's; a local VAE is
     recorded by its absolute path."""
-    from guided_diffusion.encoders import DEFAULT_VAE
-    from guided_diffusion.latent_training import latent_flag_layer, spelled_out_vae
+    from guided_diffusion.networks.encoders import DEFAULT_VAE
+    from guided_diffusion.training.latent_training import latent_flag_layer, spelled_out_vae
 
     zipped = tmp_path / "lat.zip"
     with zipfile.ZipFile(zipped, "w") as archive:
@@ -234,7 +234,7 @@ def latent_checkpoint(latents, tmp_path_factory):
 
 def _sample_latent_run(checkpoint, log_dir, monkeypatch, *args, script="image_sample.py"):
     """(exit code, stderr, images or None, [(VAE name, latents) of each decode call]) of one sampling run."""
-    from guided_diffusion import sampling
+    from guided_diffusion.sampling import pipeline as sampling
 
     calls = []
 
@@ -297,7 +297,7 @@ def test_classifier_guidance_is_refused_on_a_latent_run(latent_checkpoint, tmp_p
 
 
 def test_an_unusable_encoder_record_of_a_latent_run_is_one_line():
-    from guided_diffusion.latents import trained_encoder
+    from guided_diffusion.sampling.latents import trained_encoder
 
     assert trained_encoder({"encoder": "", "image_size": 8}, "--model_path m.pt") is None
     encoder, channels, size = trained_encoder({"encoder": "stability_vae", "image_size": 8, "encoder_kwargs": {

@@ -6,18 +6,20 @@ import os
 
 import torch
 
-from guided_diffusion import edm_util, loader, nvlabs
-from guided_diffusion.checkpoint_flags import checkpoint_args
-from guided_diffusion.denoiser import Denoiser, PrecondDenoiser
-from guided_diffusion.guidance import Guidance
-from guided_diffusion.rng import SampleRNG
-from guided_diffusion.sampler_dispatch import SamplerOptions, run_sampler
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.loading import loader
+from guided_diffusion.loading import nvlabs
+from guided_diffusion.loading.checkpoint_flags import checkpoint_args
+from guided_diffusion.processes.denoiser import Denoiser, PrecondDenoiser
+from guided_diffusion.guidance.compose import Guidance
+from guided_diffusion.sampling.rng import SampleRNG
+from guided_diffusion.sampling.dispatch import SamplerOptions, run_sampler
 from guided_diffusion.script_util import create_model_and_diffusion
 
 from launch import read_samples, run_main
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "nvlabs")
-ARCHITECTURE = edm_util.architecture_defaults()
+ARCHITECTURE = sigma_space.architecture_defaults()
 
 
 def _flags(path: str, **extra) -> argparse.Namespace:

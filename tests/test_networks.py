@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from guided_diffusion import script_util as su
-from guided_diffusion.attention import (
+from guided_diffusion.networks.attention import (
     QKVAttention,
     QKVAttentionLegacy,
     get_attention_backend,
@@ -82,7 +82,7 @@ def test_head_orders_against_definition(backend, attention_backend):
 
 
 def test_auto_backend_picks_by_device_and_grad_mode(attention_backend, monkeypatch):
-    import guided_diffusion.attention as attention
+    import guided_diffusion.networks.attention as attention
 
     attention_backend("auto")
     called = []

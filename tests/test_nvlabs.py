@@ -1,4 +1,4 @@
-"""Reading NVlabs' network pickles safely (guided_diffusion/nvlabs.py). The pickles are built here with the record
+"""Reading NVlabs' network pickles safely (guided_diffusion/loading/nvlabs.py). The pickles are built here with the record
 structure of NVlabs' torch_utils.persistence (a stand-in reconstruct function, no NVlabs code), plus malicious
 ones that must be refused without side effects."""
 
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import edm2, nvlabs
+from guided_diffusion.networks import edm2
+from guided_diffusion.loading import nvlabs
 
 SMALL = dict(img_resolution=8, img_channels=3, label_dim=4, model_channels=16, channel_mult=[1, 2], num_blocks=1,
              attn_resolutions=[4], channels_per_head=16, logvar_channels=8, use_fp16=False)
@@ -213,7 +214,7 @@ def test_convert_checkpoint_writes_a_file_the_scripts_load(tmp_path, stand_ins, 
 
 
 def test_an_edm_snapshot_loads_too(tmp_path, stand_ins):
-    from guided_diffusion import edm
+    from guided_diffusion.networks import edm
 
     kwargs = dict(img_resolution=8, img_channels=3, label_dim=4, model_type="DhariwalUNet", model_channels=32,
                   channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)

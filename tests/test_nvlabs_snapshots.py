@@ -1,4 +1,4 @@
-"""Real NVlabs snapshots and crafted pickles through guided_diffusion.nvlabs.
+"""Real NVlabs snapshots and crafted pickles through guided_diffusion.loading.nvlabs.
 
 tests/fixtures/nvlabs holds two EDM2 snapshots (RGB and latent) and an EDM snapshot written by NVlabs' own
 training code (tests/make_nvlabs_snapshots.py, run on their repositories), and what NVlabs' code computes after
@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import edm, edm2, nvlabs
-from guided_diffusion.nvlabs_pickle import Record
+from guided_diffusion.networks import edm
+from guided_diffusion.networks import edm2
+from guided_diffusion.loading import nvlabs
+from guided_diffusion.loading.nvlabs_pickle import Record
 
 from launch import read_samples, run_main
 from reference import REFERENCE

@@ -12,8 +12,8 @@ CHECK = """
 import os, pkgutil, importlib, torch
 before = (dict(os.environ), torch.get_num_threads(), torch.get_default_dtype(), torch.backends.cudnn.benchmark)
 import guided_diffusion
-for module in pkgutil.iter_modules(guided_diffusion.__path__):
-    importlib.import_module("guided_diffusion." + module.name)
+for module in pkgutil.walk_packages(guided_diffusion.__path__, "guided_diffusion."):
+    importlib.import_module(module.name)
 after = (dict(os.environ), torch.get_num_threads(), torch.get_default_dtype(), torch.backends.cudnn.benchmark)
 changed = sorted(k for k in set(before[0]) | set(after[0]) if before[0].get(k) != after[0].get(k))
 print(changed, before[1:] == after[1:])
@@ -35,30 +35,58 @@ OPTIONAL = {"blobfile", "safetensors", "mpi4py", "diffusers", "tensorflow", "tor
             "numpy.core"}
 
 
+def _module_files() -> dict:
+    """{dotted module name under guided_diffusion (a package by its own name, the root as ""): its file}."""
+    files = {}
+    for folder, _, names in os.walk(PACKAGE):
+        if "__pycache__" in folder:
+            continue
+        rel = os.path.relpath(folder, PACKAGE)
+        prefix = "" if rel == "." else rel.replace(os.sep, ".")
+        for name in names:
+            if name.endswith(".py"):
+                stem = name[:-3]
+                dotted = prefix if stem == "__init__" else (f"{prefix}.{stem}" if prefix else stem)
+                files[dotted] = os.path.join(folder, name)
+    return files
+
+
 def _imports() -> dict:
-    """{module: [(imported package module, at module level?)]} of guided_diffusion, from the source: imports
-    inside functions and under TYPE_CHECKING count too. Also {module: [external names imported in functions]}."""
-    modules = {name[:-3] for name in os.listdir(PACKAGE) if name.endswith(".py")}
+    """{module: [(imported package module, at module level?)]} of guided_diffusion (dotted names, subpackages
+    included), from the source: imports inside functions and under TYPE_CHECKING count too. Also {module:
+    [external names imported in functions]}."""
+    files = _module_files()
     edges, deferred = {}, {}
-    for module in modules:
-        tree = ast.parse(open(os.path.join(PACKAGE, module + ".py")).read())
+
+    def targets(base: str, names: list) -> list:
+        """The package modules an import of `names` from `base` (dotted, "" for the package) reaches."""
+        found = [f"{base}.{n}".lstrip(".") for n in names if f"{base}.{n}".lstrip(".") in files]
+        return found or ([base] if base in files else [])
+
+    for module, path in files.items():
+        tree = ast.parse(open(path).read())
         top = {id(node) for node in tree.body}
+        package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
         edges[module], deferred[module] = [], []
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            if isinstance(node, ast.ImportFrom) and node.level:
+                anchor = package.split(".") if package else []
+                anchor = anchor[: len(anchor) - (node.level - 1)] if node.level > 1 else anchor
+                base = ".".join(anchor + ([node.module] if node.module else []))
+                found = targets(base, [a.name for a in node.names])
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("guided_diffusion"):
-                parts = node.module.split(".")
-                names = parts[1:2] or [a.name for a in node.names]
+                base = node.module.partition(".")[2]
+                found = targets(base, [a.name for a in node.names])
             elif isinstance(node, ast.Import):
-                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("guided_diffusion.")]
+                found = [a.name.partition(".")[2] for a in node.names
+                         if a.name.startswith("guided_diffusion.") and a.name.partition(".")[2] in files]
                 if id(node) not in top:
                     deferred[module] += [a.name for a in node.names if not a.name.startswith("guided_diffusion")]
             else:
                 if isinstance(node, ast.ImportFrom) and id(node) not in top:
                     deferred[module].append(node.module)
                 continue
-            edges[module] += [(name, id(node) in top) for name in names if name in modules]
+            edges[module] += [(name, id(node) in top) for name in found if name != module]
     return edges, deferred
 
 
@@ -91,7 +119,7 @@ ORIGINAL_MODULES = ["script_util", "unet", "gaussian_diffusion", "respace", "res
                     "fp16_util", "image_datasets", "train_util", "losses"]
 PUBLIC_NAMES = [("nvlabs", "load_network_pickle"), ("edm2", "Precond"), ("edm", "EDMPrecond"),
                 ("phema", "solve_posthoc_coefficients"), ("samplers", "SAMPLERS"), ("nvlabs", "EDM2_PRESETS"),
-                ("nvlabs", "resolve_preset"), ("sampling", "load_module_weights"), ("sampling", "BaseSamples"), ("samplers", "register"),
+                ("nvlabs", "resolve_preset"), ("sampling.pipeline", "load_module_weights"), ("sampling.pipeline", "BaseSamples"), ("samplers", "register"), ("attention", "set_attention_backend"),
                 ("script_util", "create_model_and_diffusion"), ("script_util", "model_and_diffusion_defaults"),
                 ("script_util", "create_classifier"), ("script_util", "sr_create_model_and_diffusion"),
                 ("script_util", "add_dict_to_argparser"), ("script_util", "args_to_dict"),
@@ -102,9 +130,9 @@ PUBLIC_NAMES = [("nvlabs", "load_network_pickle"), ("edm2", "Precond"), ("edm", 
                 ("dist_util", "setup_dist"), ("dist_util", "load_state_dict"), ("dist_util", "dev"),
                 ("logger", "configure"), ("logger", "logkv"), ("nn", "timestep_embedding"),
                 ("fp16_util", "MixedPrecisionTrainer"), ("image_datasets", "load_data"), ("train_util", "TrainLoop"),
-                ("losses", "normal_kl"), ("guidance", "broadcast"), ("guidance", "per_sample"),
-                ("guidance", "CondFn"), ("cli", "make_parser"), ("cli", "RaisingParser"),
-                ("cli", "clear_interrupted_writes")]
+                ("losses", "normal_kl"), ("guidance.compose", "broadcast"), ("guidance.compose", "per_sample"),
+                ("guidance.compose", "CondFn"), ("cli.run", "make_parser"), ("cli.run", "RaisingParser"),
+                ("cli.run", "clear_interrupted_writes")]
 
 
 def test_original_module_paths_and_public_names_import_from_where_they_were():
@@ -115,3 +143,21 @@ def test_original_module_paths_and_public_names_import_from_where_they_were():
         if not hasattr(importlib.import_module("guided_diffusion." + module), name):
             missing.append(f"guided_diffusion.{module}.{name}")
     assert missing == []
+
+
+# Public paths whose code moved into a subpackage: thin re-exports of the same objects.
+MOVED_PUBLIC = {"nvlabs": "loading.nvlabs", "edm": "networks.edm", "edm2": "networks.edm2", "phema": "training.phema",
+                "samplers": "sampling.samplers", "attention": "networks.attention"}
+
+
+def test_layout_shows_the_architecture():
+    """At the top: the original's modules and the moved public paths only; everything else in a folder per job."""
+    top = sorted(name[:-3] for name in os.listdir(PACKAGE) if name.endswith(".py") and name != "__init__.py")
+    assert top == sorted(ORIGINAL_MODULES + list(MOVED_PUBLIC))
+    folders = sorted(name for name in os.listdir(PACKAGE) if os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")))
+    assert folders == ["cli", "guidance", "loading", "networks", "processes", "sampling", "training"]
+    for old, new in MOVED_PUBLIC.items():
+        shim = importlib.import_module(f"guided_diffusion.{old}")
+        real = importlib.import_module(f"guided_diffusion.{new}")
+        public = [name for name in vars(real) if not name.startswith("_")]
+        assert public and all(getattr(shim, name) is getattr(real, name) for name in public), old

@@ -1,4 +1,4 @@
-"""Post-hoc EMA (guided_diffusion/phema.py) against EDM2's own numbers (tests/fixtures/reference/edm2/phema.json),
+"""Post-hoc EMA (guided_diffusion/training/phema.py) against EDM2's own numbers (tests/fixtures/reference/edm2/phema.json),
 plus the closed forms checked against direct numerical integration."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from guided_diffusion import phema
+from guided_diffusion.training import phema
 
 from reference import REFERENCE
 

@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 
-from guided_diffusion import resume_flags
-from guided_diffusion.checkpoint_flags import _NOT_ARCHITECTURE
-from guided_diffusion.edm_util import edm_defaults
+from guided_diffusion.training import resume_flags
+from guided_diffusion.loading.checkpoint_flags import _NOT_ARCHITECTURE
+from guided_diffusion.networks.sigma_space import edm_defaults
 from guided_diffusion.script_util import (classifier_defaults, model_and_diffusion_defaults,
                                           sr_model_and_diffusion_defaults)
 from launch import ROOT, TINY_CLASSIFIER, TINY_MODEL, call_main, make_image_folder, run_main

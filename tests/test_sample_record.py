@@ -12,8 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from guided_diffusion import sample_writer
-from guided_diffusion.sample_record import SAMPLE_NEUTRAL_FLAGS, first_difference, sample_record
+from guided_diffusion.sampling import writer as sample_writer
+from guided_diffusion.sampling.record import SAMPLE_NEUTRAL_FLAGS, first_difference, sample_record
 from launch import read_samples, run_main, run_script
 
 FAST = ["--timestep_respacing", "4", "--use_ddim", "True", "--progress", "False"]

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import samplers
-from guided_diffusion.denoiser import Denoiser
-from guided_diffusion.guidance import Guidance, classifier_cond_fn
-from guided_diffusion.rng import SampleRNG
-from guided_diffusion.sampler_dispatch import SamplerOptions, noise_levels, run_sampler
-from guided_diffusion.sampling import sampler_options, sampling_defaults
+from guided_diffusion.sampling import samplers
+from guided_diffusion.processes.denoiser import Denoiser
+from guided_diffusion.guidance.compose import Guidance, classifier_cond_fn
+from guided_diffusion.sampling.rng import SampleRNG
+from guided_diffusion.sampling.dispatch import SamplerOptions, noise_levels, run_sampler
+from guided_diffusion.sampling.pipeline import sampler_options, sampling_defaults
 
 from launch import call_main, classifier_probability, read_samples, run_main
 from tiny import TinyClassifier, TinyNet, make_diffusion

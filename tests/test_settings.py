@@ -7,11 +7,14 @@ import shutil
 
 import pytest
 
-from guided_diffusion import cli, dist_util, edm_util, sampling
-from guided_diffusion.settings import freeze, resolve, with_flags
+from guided_diffusion import dist_util
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
+from guided_diffusion.sampling import pipeline as sampling
+from guided_diffusion.cli.settings import freeze, resolve, with_flags
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "nvlabs")
-ARCHITECTURE = edm_util.architecture_defaults()
+ARCHITECTURE = sigma_space.architecture_defaults()
 
 
 def _prepare(args, argv):

@@ -16,7 +16,7 @@ from guided_diffusion import logger
 from guided_diffusion.fp16_util import MixedPrecisionTrainer
 from guided_diffusion.resample import LossSecondMomentResampler
 from guided_diffusion.script_util import create_classifier_and_diffusion, classifier_and_diffusion_defaults
-from guided_diffusion.classifier_training import ClassifierTrainLoop
+from guided_diffusion.training.classifier import ClassifierTrainLoop
 from guided_diffusion.train_util import parse_resume_step_from_filename
 from guided_diffusion.unet import UNetModel
 

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from guided_diffusion import checkpoint_flags, cli, edm_util
+from guided_diffusion.loading import checkpoint_flags
+from guided_diffusion.cli import run as cli
+from guided_diffusion.networks import sigma_space
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
 from launch import make_image_folder, run_main
@@ -147,7 +149,7 @@ def test_a_bad_flag_still_fails_in_one_line_before_args_json(monkeypatch, images
     code, stderr, as_parsed, namespace, settings = run_resolving(monkeypatch, "image_train.py", [
         "--data_dir", images[0], "--log_dir", tmp_path / "run", "--arch", "edm2", "--edm2_preset", "xxs"])
     assert code == 2 and stderr == ("image_train.py: error: --edm2_preset 'xxs': choose one of xs, s, m, l, xl (width "
-                                    "and dropout), or " + ", ".join(edm_util.EDM2_FULL_PRESETS) +
+                                    "and dropout), or " + ", ".join(sigma_space.EDM2_FULL_PRESETS) +
                                     " (EDM2's full presets)")
     assert settings is None and vars(namespace) == as_parsed and not (tmp_path / "run").exists()
 
@@ -179,8 +181,8 @@ def test_a_pipeline_stage_gets_a_new_namespace(tmp_path):
 def test_architecture_defaults_are_the_adm_and_sigma_space_flags():
     from guided_diffusion.script_util import sr_model_and_diffusion_defaults
 
-    assert edm_util.architecture_defaults() == {**model_and_diffusion_defaults(), **edm_util.edm_defaults()}
-    assert list(edm_util.architecture_defaults()) == [*model_and_diffusion_defaults(), *edm_util.edm_defaults()]
-    assert edm_util.upsampler_architecture_defaults() == {**sr_model_and_diffusion_defaults(),
-                                                          **edm_util.objective_defaults()}
-    assert not set(model_and_diffusion_defaults()) & set(edm_util.edm_defaults())  # the order cannot matter
+    assert sigma_space.architecture_defaults() == {**model_and_diffusion_defaults(), **sigma_space.edm_defaults()}
+    assert list(sigma_space.architecture_defaults()) == [*model_and_diffusion_defaults(), *sigma_space.edm_defaults()]
+    assert sigma_space.upsampler_architecture_defaults() == {**sr_model_and_diffusion_defaults(),
+                                                          **sigma_space.objective_defaults()}
+    assert not set(model_and_diffusion_defaults()) & set(sigma_space.edm_defaults())  # the order cannot matter

@@ -1,0 +1,1 @@
+"""Guidance: each method as a term, and their composition."""

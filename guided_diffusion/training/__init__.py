@@ -1,0 +1,1 @@
+"""Training: the classifier loop, checkpoint state and resuming, post-hoc EMA, latent datasets."""
