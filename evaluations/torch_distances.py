@@ -77,7 +77,7 @@ def float16_first_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x_norms = float16_sum(_half(hx * hx))[:, None]
     y_norms = float16_sum(_half(hy * hy))[None, :]
     products = _half(hx @ hy.T)
-    half = _half(_half(x_norms - 2 * products) + y_norms).clamp_min(0)
+    half = _half(_half(x_norms - _half(2 * products)) + y_norms).clamp_min(0)  # 2 u.v may overflow: -inf, then 0
     return half if bool(torch.isfinite(half).all()) else _float32_squared(x, y)
 
 

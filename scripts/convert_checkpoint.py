@@ -5,7 +5,7 @@ sampling script loads, without running any code from the pickle; or export an ED
     python scripts/convert_checkpoint.py edm2-img64-s-1073741-0.075.pkl models/edm2-img64-s.pt [--key ema]
     python scripts/convert_checkpoint.py runs/image_train-.../phema_recon_0.070_004000.pt models/mine.pt
 
-Writes OUT (.pt, or .safetensors by its name) and its entry (class and constructor arguments) in the args.json
+Writes OUT (.pt, or .safetensors by its name) and its entry (class and constructor arguments) in the networks.json
 beside it, which several converted networks can share; `image_sample.py --model_path OUT` then samples it like the
 pickle itself.
 """
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     nvlabs.save_converted(net, args.out)
     count = sum(p.numel() for p in net.parameters())
-    print(f"wrote {args.out} ({type(net).__name__}, {count / 1e6:.1f} M parameters) and args.json beside it")
+    print(f"wrote {args.out} ({type(net).__name__}, {count / 1e6:.1f} M parameters) and networks.json beside it")
 
 
 if __name__ == "__main__":

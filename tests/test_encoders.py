@@ -165,7 +165,8 @@ def test_hub_name_offline_real(tmp_path):
     """The same with the real hub client told to stay offline, in a fresh process."""
     pytest.importorskip("diffusers")
     env = dict(os.environ, GUIDED_DIFFUSION_CACHE=str(tmp_path), HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
-    code = "from guided_diffusion import cli, encoders; cli.run(lambda: encoders.StabilityVAEEncoder().init('cpu'))"
+    code = ("from guided_diffusion.cli import run as cli; from guided_diffusion.networks import encoders; "
+            "cli.run(lambda: encoders.StabilityVAEEncoder().init('cpu'))")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr

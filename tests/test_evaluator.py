@@ -454,7 +454,7 @@ def test_cli_prints_the_original_lines_and_json(tmp_path, standin_pb, small_npzs
     )
     assert proc.returncode == 0, proc.stderr
     imported = json.loads((tmp_path / "imports.json").read_text())
-    assert imported["guided_diffusion.cli.fileio"] == str(ROOT / "guided_diffusion" / "fileio.py")
+    assert imported["guided_diffusion.cli.fileio"] == str(ROOT / "guided_diffusion" / "cli" / "fileio.py")
     assert "tensorflow" in imported
     assert [name for name in imported if name.split(".")[0] in ("torch", "torchvision")] == []
 

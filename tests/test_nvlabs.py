@@ -5,7 +5,9 @@ ones that must be refused without side effects."""
 from __future__ import annotations
 
 import collections
+import json
 import os
+import shutil
 import pickle
 import sys
 import types
@@ -211,6 +213,41 @@ def test_convert_checkpoint_writes_a_file_the_scripts_load(tmp_path, stand_ins, 
              f"--model_path {source} is an EDM/EDM2 network, not an upsampler")):
         code, stderr = run_main(script, [*args, "--log_dir", tmp_path / "bad"])
         assert code == 2 and message in stderr and "\n" not in stderr, stderr
+
+
+def test_converted_networks_keep_their_record_in_networks_json(tmp_path, stand_ins):
+    """args.json has one layout (a training run's flags): converted networks are listed in networks.json, so they
+    can sit beside a run's args.json without touching it; folders converted into an args.json earlier still load."""
+    from launch import run_main
+
+    torch.manual_seed(0)
+    kwargs = {**SMALL, "img_resolution": 16}
+    net = edm2.Precond(**kwargs)
+    source = _write(tmp_path / "snapshot.pkl", {"ema": _Persistent(net, kwargs)})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text('{"arch": "edm2", "model_channels": 16}')
+    flags_before = (run / "args.json").read_bytes()
+    code, stderr = run_main("convert_checkpoint.py", [source, run / "net.pt"])
+    assert code == 0, stderr
+    assert (run / "args.json").read_bytes() == flags_before
+    record = json.loads((run / "networks.json").read_text())
+    assert record == {"nvlabs_networks": {"net.pt": {"class": "Precond", "init_kwargs": record["nvlabs_networks"]["net.pt"]["init_kwargs"]}}}
+    assert nvlabs.is_converted(str(run / "net.pt")) and not nvlabs.is_converted(str(run / "model000100.pt"))
+    expected = nvlabs.load_network(str(run / "net.pt")).state_dict()
+    # A folder written before networks.json: the record in an args.json of its own.
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(run / "net.pt", old / "net.pt")
+    (old / "args.json").write_text(json.dumps(record))
+    loaded = nvlabs.load_network(str(old / "net.pt")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    # A damaged record: a one-line error naming it.
+    (run / "networks.json").write_text("{not json")
+    code, stderr = run_main("image_sample.py", ["--model_path", run / "net.pt", "--num_samples", 1,
+                                                "--log_dir", tmp_path / "samples"])
+    assert code == 2 and f"{run / 'networks.json'}: not a record of converted networks" in stderr, stderr
+    assert "\n" not in stderr.strip()
 
 
 def test_an_edm_snapshot_loads_too(tmp_path, stand_ins):

@@ -85,6 +85,24 @@ def test_float16_overflow_falls_back_to_float32():
     np.testing.assert_allclose(np.sort(got, axis=1), expected, rtol=1e-5)
 
 
+def test_doubled_products_that_overflow_give_zero_as_in_tensorflow():
+    """Squared norms below float16's 65504 but 2 u.v above it: TensorFlow's block holds -inf there, then 0 after
+    the max, and is kept (all finite); the torch rule does the same."""
+    rng = np.random.default_rng(5)
+    base = rng.gamma(0.5, 5.0, size=(1, 2048))
+    x = (base + rng.normal(0, 0.3, (20, 2048))).clip(0).astype(np.float32)
+    y = (base + rng.normal(0, 0.3, (30, 2048))).clip(0).astype(np.float32)
+    norms = (x.astype(np.float16).astype(np.float32) ** 2).sum(1)
+    assert norms.max() < 65504 and 2 * (x @ y.T).min() > 65504
+    tf_kernels = Float16FirstDistances()
+    expected = tf_kernels._session.run(
+        tf_kernels._x_nearest, {tf_kernels._x: x, tf_kernels._y: y, tf_kernels._x_k: len(y), tf_kernels._y_k: 1}
+    )
+    assert (expected == 0).all()
+    got = float16_first_squared(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    np.testing.assert_array_equal(np.sort(got, axis=1), expected)
+
+
 def test_float32_kernels_match_tensorflows_and_reduce_both_ways():
     ref, sample = clustered_features(4, 300, 200, dims=64)
     tf_pr = precision_recall(ref, sample, PairwiseDistances())

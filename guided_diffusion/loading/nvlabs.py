@@ -1,5 +1,5 @@
 """Load NVlabs' network pickles (EDM's and EDM2's snapshots and released networks) as this project's modules,
-without running any of their code, and keep networks converted from them (.pt/.safetensors plus args.json).
+without running any of their code, and keep networks converted from them (.pt/.safetensors plus networks.json).
 
 nvlabs_pickle reads the file as inert data: every persistent object (network, submodules, loss, encoder,
 augmentation pipe) and every torch.nn.ModuleDict becomes a Record with its class name and recorded state, and the
@@ -197,39 +197,54 @@ def load_generator(path: str) -> tuple[torch.nn.Module, Record | None]:
     return _network_entry(data, "ema", path), encoder
 
 
-def _args_json(path: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
+CONVERTED_RECORD = "networks.json"  # beside converted networks: {"nvlabs_networks": {file name: record}}
 
 
-def _converted_entries(path: str) -> dict | None:
-    """The args.json beside path: {file name: {"class", "init_kwargs"}} of its converted networks (None when the
-    folder's args.json is not one of converted networks, e.g. a training run's)."""
+def _beside(path: str, name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)), name)
+
+
+def _converted_entries(path: str) -> dict:
+    """{file name: {"class", "init_kwargs"}} of the converted networks in path's folder, from its networks.json;
+    a folder converted before networks.json existed keeps them in an args.json holding only "nvlabs_networks",
+    which is read the same way (args.json otherwise is a training run's flags). A damaged networks.json is a
+    one-line error naming it."""
+    record = _beside(path, CONVERTED_RECORD)
     try:
-        with open(_args_json(path)) as f:
+        with open(record) as f:
             data = json.load(f)
     except OSError:
+        data = None
+    except ValueError as err:
+        raise ValueError(f"{record}: not a record of converted networks (not JSON: {err})") from None
+    if data is not None:
+        if not (isinstance(data, dict) and isinstance(data.get("nvlabs_networks"), dict)):
+            raise ValueError(f'{record}: not a record of converted networks (expected {{"nvlabs_networks": {{...}}}})')
+        return data["nvlabs_networks"]
+    try:
+        with open(_beside(path, "args.json")) as f:
+            legacy = json.load(f)
+    except (OSError, ValueError):
         return {}
-    except ValueError:
-        return None
-    return data.get("nvlabs_networks") if isinstance(data, dict) and set(data) == {"nvlabs_networks"} else None
+    if isinstance(legacy, dict) and set(legacy) == {"nvlabs_networks"} and isinstance(legacy["nvlabs_networks"], dict):
+        return legacy["nvlabs_networks"]
+    return {}
 
 
 def is_converted(path: str) -> bool:
-    """Whether a .pt/.safetensors checkpoint is a converted NVlabs network (listed in the args.json beside it)."""
-    return os.path.basename(path) in (_converted_entries(path) or {})
+    """Whether a .pt/.safetensors checkpoint is a converted NVlabs network (listed in the networks.json beside it)."""
+    return os.path.basename(path) in _converted_entries(path)
 
 
 def save_converted(net: torch.nn.Module, path: str) -> None:
     """Write the network's state dict (.pt or .safetensors) and its class and constructor arguments into the
-    args.json beside it (one entry per file, so several networks can share a folder), both atomically."""
-    entries = _converted_entries(path)
-    if entries is None:
-        raise ValueError(f"{path}: its folder's args.json belongs to another checkpoint (a training run): write "
-                         "elsewhere")
+    networks.json beside it (one entry per file, so several networks can share a folder), both atomically. The
+    folder's args.json, if any (a training run's flags), is left alone."""
+    entries = dict(_converted_entries(path))
     save_state_dict(net.state_dict(), path)
     entries[os.path.basename(path)] = {"class": type(net).__name__, "init_kwargs": net.init_kwargs}
     data = json.dumps({"nvlabs_networks": entries}, indent=1, sort_keys=True).encode()
-    atomic_write(_args_json(path), lambda f: f.write(data))
+    atomic_write(_beside(path, CONVERTED_RECORD), lambda f: f.write(data))
 
 
 def load_converted(path: str) -> torch.nn.Module:
@@ -238,9 +253,9 @@ def load_converted(path: str) -> torch.nn.Module:
     record = Record(meta["class"], {"_init_kwargs": meta["init_kwargs"]})
     with torch.device("meta"):
         module = _construct(record, path)
-    return _load_strict(module, load_state_dict(path), f"{path}: the {record.class_name} of its args.json")
+    return _load_strict(module, load_state_dict(path), f"{path}: the {record.class_name} of its networks.json")
 
 
 def load_network(path: str, key: str = "ema") -> torch.nn.Module:
-    """An NVlabs pickle, or a network converted from one (.pt/.safetensors with its args.json)."""
+    """An NVlabs pickle, or a network converted from one (.pt/.safetensors with its networks.json)."""
     return load_network_pickle(path, key) if path.endswith(".pkl") else load_converted(path)
