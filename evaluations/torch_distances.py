@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from evaluations.distances import DISTANCE_BLOCK, ORIGINAL_BLOCK
+from evaluations.inception_torch import exact_float32
 
 
 def _half(values: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,8 @@ def float16_sum(values: torch.Tensor) -> torch.Tensor:
     count = values.shape[-1]
     if count <= EIGEN_LEAF:
         return _leaf_sum(values)
-    left = min(EIGEN_PACKET * -(-(-(-count // 2)) // EIGEN_PACKET), count)
+    half = (count + 1) // 2
+    left = min((half + EIGEN_PACKET - 1) // EIGEN_PACKET * EIGEN_PACKET, count)  # the middle, up to a packet
     total = float16_sum(values[:, :left])
     return total if left == count else _half(total + float16_sum(values[:, left:]))
 
@@ -95,14 +97,8 @@ class TorchDistances:
 
     def _block(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)  # noqa: E731
-        if self.device.type == "cuda":  # float32 products, as on the CPU
-            saved = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                return self.squared(as_tensor(x), as_tensor(y))
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = saved
-        return self.squared(as_tensor(x), as_tensor(y))
+        with exact_float32():  # float32 products on CUDA too, as on the CPU
+            return self.squared(as_tensor(x), as_tensor(y))
 
     def nearest(self, x: np.ndarray, y: np.ndarray, k: int, both: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The ``k`` smallest squared distances (ascending) from each ``x`` to the ``y``s, and if ``both``, vice versa.
